@@ -1,0 +1,1 @@
+"""The wire contract shared by controller and agent (generated from proto/trellis/v1)."""
