@@ -21,9 +21,7 @@ def test_generated_code_matches_proto(tmp_path: Path) -> None:
     generator.generate(tmp_path)  # type: ignore[attr-defined]
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "trellis" / "v1").iterdir()}
     committed = {
-        p.relative_to(ROOT): p.read_bytes()
-        for p in (ROOT / "trellis" / "v1").iterdir()
-        if "_pb2" in p.name
+        p.relative_to(ROOT): p.read_bytes() for p in (ROOT / "trellis" / "v1").iterdir() if "_pb2" in p.name
     }
     assert fresh, "the generator produced nothing"
     assert sorted(fresh) == sorted(committed), "generated file set differs: run scripts/gen_proto.py"
