@@ -1,0 +1,1 @@
+"""Site agent: control client, IKEv2, ESP, data planes, mesh."""

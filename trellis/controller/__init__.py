@@ -1,0 +1,1 @@
+"""Controller: CA, store, policy engine, gRPC services, admin CLI."""
