@@ -39,12 +39,10 @@ class StateError(RuntimeError):
     """The state directory is unusable: the message says what is wrong and what to do."""
 
 
-def generate_key(key_type: str) -> PrivateKey:
-    if key_type == "ecdsa-p256":
-        return ec.generate_private_key(ec.SECP256R1())
-    if key_type == "ed25519":
-        return ed25519.Ed25519PrivateKey.generate()
-    raise ValueError(f"unknown key type {key_type!r}: use ecdsa-p256 or ed25519")
+def generate_key() -> ec.EllipticCurvePrivateKey:
+    """The agent's identity key: ECDSA P-256. (gRPC's TLS offers no Ed25519 signature algorithm for
+    client certificates, and this key is also the agent's mTLS key.)"""
+    return ec.generate_private_key(ec.SECP256R1())
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,266 @@
+"""trellis-agent: run a site agent, or show what a running one says of itself."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from trellis import __version__
+from trellis.agent.control.client import (
+    ConnectionState,
+    ControlClient,
+    ControlError,
+    default_enroll_address,
+    enroll,
+    split_host_port,
+)
+from trellis.agent.control.state import StateDir, StateError
+from trellis.v1 import common_pb2
+from trellis.v1.duration import format_duration
+from trellis.v1.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
+from trellis.v1.token import TokenFormatError
+
+log = logging.getLogger("trellis.agent")
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_IDENTITY_UNUSABLE = 3  # revoked or expired: only a new join token helps
+DEFAULT_IKE_PORT = 500
+
+
+def _endpoint(text: str) -> common_pb2.Endpoint:
+    host, sep, port = text.rpartition(":")
+    if not sep or ("." not in text and "[" not in text):
+        host, port = text, str(DEFAULT_IKE_PORT)
+    host = host.strip("[]")
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        raise argparse.ArgumentTypeError(f"invalid endpoint {text!r}: use ADDRESS[:PORT]") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid endpoint port in {text!r}")
+    return common_pb2.Endpoint(address=host, port=int(port))
+
+
+def facing_address(controller: str) -> str | None:
+    """The local address the kernel would use towards the controller (no packet is sent)."""
+    host, port = split_host_port(controller)
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, port))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trellis-agent",
+        description="The Trellis site agent: enrolls with the controller, keeps its short-lived identity "
+        "renewed, receives the network map and builds IKEv2/ESP tunnels to its peers.",
+    )
+    parser.add_argument("--version", action="version", version=f"trellis-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run the agent",
+        description="Run the agent. On the first run give --controller and a join token (--token, "
+        "--token-file or TRELLIS_TOKEN); later runs need only --state-dir. Without its controller the "
+        "agent keeps working from its last map until its certificate expires.",
+    )
+    run.add_argument(
+        "--state-dir", type=Path, required=True, help="where key (0600), certificate and map live"
+    )
+    run.add_argument("--controller", help="HOST:PORT of the controller's agent API (stored after enrollment)")
+    run.add_argument(
+        "--enroll-address", help="HOST:PORT of the enrollment listener (default: controller port + 1)"
+    )
+    run.add_argument(
+        "--token", help="join token (prefer --token-file or TRELLIS_TOKEN: argv is visible to all)"
+    )
+    run.add_argument("--token-file", type=Path, help="file holding the join token")
+    run.add_argument("--key-type", choices=("ecdsa-p256", "ed25519"), default="ecdsa-p256")
+    run.add_argument(
+        "--endpoint",
+        type=_endpoint,
+        action="append",
+        default=[],
+        help="ADDRESS[:PORT] where peers reach this site's IKE (repeatable; default: the address facing "
+        "the controller, port 500)",
+    )
+    run.add_argument("--max-backoff", type=float, default=30.0, help="longest wait between reconnects (s)")
+    run.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    run.add_argument("--log-format", choices=LOG_FORMATS, default="text")
+
+    status = commands.add_parser("status", help="identity, certificate, controller connection, map version")
+    status.add_argument("--state-dir", type=Path, required=True)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        try:
+            return str(args.token_file.read_text().strip())
+        except OSError as e:
+            raise StateError(f"cannot read {args.token_file}: {e.strerror}") from None
+    return os.environ.get("TRELLIS_TOKEN")
+
+
+async def run(args: argparse.Namespace) -> int:
+    state = StateDir(args.state_dir)
+    token = _token(args)
+    if not state.enrolled or (token and _expired(state)):
+        if not token or not args.controller:
+            raise StateError(
+                f"{args.state_dir} holds no usable identity: give --controller HOST:PORT and a join token"
+            )
+        enroll_address = args.enroll_address or default_enroll_address(args.controller)
+        await enroll(
+            state,
+            controller=args.controller,
+            enroll_address=enroll_address,
+            token_text=token,
+        )
+    elif token:
+        log.warning("already enrolled as %s; ignoring the join token", state.load_settings().identity)
+    settings = state.load_settings()
+    if args.controller and args.controller != settings.controller:
+        log.info("controller address changed from %s to %s", settings.controller, args.controller)
+        settings = type(settings)(
+            controller=args.controller,
+            enroll=args.enroll_address or default_enroll_address(args.controller),
+            site=settings.site,
+            identity=settings.identity,
+        )
+        state.save_settings(settings)
+    identity = state.load_identity()
+    endpoints = list(args.endpoint)
+    if not endpoints:
+        address = facing_address(settings.controller)
+        if address:
+            endpoints = [common_pb2.Endpoint(address=address, port=DEFAULT_IKE_PORT)]
+    client = ControlClient(
+        state=state,
+        settings=settings,
+        identity=identity,
+        endpoints=endpoints,
+        max_backoff=args.max_backoff,
+    )
+    print(
+        f"trellis-agent {__version__}: {settings.identity}, certificate {identity.serial} valid until "
+        f"{identity.certificate.not_valid_after_utc.isoformat()}",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    final = await client.run(stop)
+    if final in (ConnectionState.REVOKED, ConnectionState.EXPIRED):
+        print(f"trellis-agent: {final.value}: {client.last_error}", file=sys.stderr)
+        return EXIT_IDENTITY_UNUSABLE
+    return EXIT_OK
+
+
+def _expired(state: StateDir) -> bool:
+    try:
+        certificate = state.load_identity().certificate
+    except StateError:
+        return True
+    return certificate.not_valid_after_utc <= dt.datetime.now(dt.UTC)
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def status_report(state_dir: Path) -> dict[str, Any]:
+    state = StateDir(state_dir)
+    settings = state.load_settings()
+    certificate: x509.Certificate = state.load_identity().certificate
+    running = state.read_status() or {}
+    alive = _pid_alive(running.get("pid"))
+    now = dt.datetime.now(dt.UTC)
+    stored_map = state.load_map()
+    return {
+        "identity": settings.identity,
+        "site": settings.site,
+        "controller": settings.controller,
+        "certificate": {
+            "serial": format(certificate.serial_number, "x"),
+            "not_before": certificate.not_valid_before_utc.isoformat(),
+            "not_after": certificate.not_valid_after_utc.isoformat(),
+            "expired": certificate.not_valid_after_utc <= now,
+        },
+        "running": alive,
+        "pid": running.get("pid") if alive else None,
+        "connection": running.get("connection", "stopped") if alive else "stopped",
+        "last_error": running.get("last_error", ""),
+        "map_version": stored_map.version if stored_map else None,
+        "peers": len(stored_map.peers) if stored_map else 0,
+        "revoked_identities": len(stored_map.revoked_identities) if stored_map else 0,
+        "map_received_at": running.get("map_received_at"),
+    }
+
+
+def render_status(report: dict[str, Any]) -> str:
+    cert = report["certificate"]
+    not_after = dt.datetime.fromisoformat(cert["not_after"])
+    left = not_after - dt.datetime.now(dt.UTC)
+    validity = "expired" if cert["expired"] else f"valid for {format_duration(left)}"
+    connection = report["connection"] + (f" ({report['last_error']})" if report["last_error"] else "")
+    lines = [
+        f"identity:     {report['identity']}",
+        f"certificate:  {cert['serial']}, until {not_after.isoformat()} ({validity})",
+        f"agent:        {'running, pid ' + str(report['pid']) if report['running'] else 'not running'}",
+        f"controller:   {report['controller']}: {connection}",
+        f"network map:  version {report['map_version'] if report['map_version'] is not None else '-'}, "
+        f"{report['peers']} peers, {report['revoked_identities']} revoked identities",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "status":
+            report = status_report(args.state_dir)
+            print(json.dumps(report, indent=2) if args.json else render_status(report))
+            return EXIT_OK
+        setup_logging(args.log_level, args.log_format)
+        return asyncio.run(run(args))
+    except (StateError, TokenFormatError, ValueError) as e:
+        print(f"trellis-agent: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ControlError as e:
+        print(f"trellis-agent: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
