@@ -22,6 +22,7 @@ from trellis.agent.ike.crypto.auth import (
     rest_of_id_payload,
     shared_key_auth,
     sign,
+    sign_rfc4754,
     signed_octets,
     verify,
     verify_shared_key_auth,
@@ -127,6 +128,27 @@ def test_rfc4754_failures(method: AuthMethod) -> None:
         with pytest.raises(AuthenticationFailed) as caught:
             verify(*args)
         assert caught.value.notify == NotifyType.AUTHENTICATION_FAILED
+
+
+@pytest.mark.parametrize(
+    ("curve", "method", "length"),
+    [
+        (ec.SECP256R1(), AuthMethod.ECDSA_SHA256_P256, 64),
+        (ec.SECP384R1(), AuthMethod.ECDSA_SHA384_P384, 96),
+        (ec.SECP521R1(), AuthMethod.ECDSA_SHA512_P521, 132),
+    ],
+)
+def test_rfc4754_signing_for_peers_without_rfc7427(
+    curve: ec.EllipticCurve, method: AuthMethod, length: int
+) -> None:
+    key = ec.generate_private_key(curve)
+    chosen, auth_data = sign_rfc4754(key, b"octets")
+    assert (chosen, len(auth_data)) == (method, length)
+    verify(chosen, auth_data, key.public_key(), b"octets")
+    with pytest.raises(AuthenticationFailed):
+        verify(chosen, auth_data, key.public_key(), b"octet")
+    with pytest.raises(IkeLocalError):
+        sign_rfc4754(ec.generate_private_key(ec.SECP224R1()), b"octets")
 
 
 def test_method_14_carrying_the_rfc4754_signature() -> None:

@@ -17,7 +17,15 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trellis.agent.ike.constants import IdType, NotifyType
+from trellis.agent.ike.constants import AuthMethod, IdType, NotifyType, PrfId
+from trellis.agent.ike.crypto.auth import (
+    choose_signature_hash,
+    decode_signature_hash_algorithms,
+    encode_signature_hash_algorithms,
+    sign,
+    signed_octets,
+    verify,
+)
 from trellis.agent.ike.crypto.certs import (
     MAX_CHAIN_LENGTH,
     REASON_CHAIN_TOO_LONG,
@@ -307,6 +315,31 @@ def test_intermediate_chain_in_any_order(ca: CertificateAuthority) -> None:
 def test_key_usage_non_repudiation_alone_is_enough(ca: CertificateAuthority) -> None:
     leaf = _site_leaf_from(ca.key, ca.certificate.subject, key_usage=_key_usage(content_commitment=True))
     _check([leaf], [ca.certificate])
+
+
+@pytest.mark.parametrize("key_type", ["p256", "ed25519"])
+def test_auth_payload_verifies_with_the_verified_key(ca: CertificateAuthority, key_type: str) -> None:
+    """IKE_AUTH end to end for one side: sign our octets, the peer checks chain then signature."""
+    key: Key = (
+        ec.generate_private_key(ec.SECP256R1())
+        if key_type == "p256"
+        else ed25519.Ed25519PrivateKey.generate()
+    )
+    leaf = ca.issue(make_csr(key, None), SITE, now=NOW, ttl=HOUR)
+    octets = signed_octets(
+        real_message=b"IKE_SA_INIT request",
+        peer_nonce=bytes(32),
+        prf_id=PrfId.HMAC_SHA2_256,
+        sk_p=bytes(range(32)),
+        id_type=IdType.ID_DER_ASN1_DN,
+        id_data=leaf.subject.public_bytes(),
+    )
+    peer_supports = decode_signature_hash_algorithms(encode_signature_hash_algorithms())
+    auth_data = sign(key, octets, choose_signature_hash(key, peer_supports))
+    verified = _check([leaf], [ca.certificate])
+    verify(AuthMethod.DIGITAL_SIGNATURE, auth_data, verified.public_key, octets)
+    with pytest.raises(AuthenticationFailed):
+        verify(AuthMethod.DIGITAL_SIGNATURE, auth_data, verified.public_key, octets[:-1])
 
 
 # --- refused ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from types import MappingProxyType
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from trellis.agent.ike.constants import AuthMethod, HashAlgorithm, PrfId
 from trellis.agent.ike.crypto.prf import prf
@@ -131,6 +131,16 @@ def sign(key: SigningKey, octets: bytes, hash_algorithm: HashAlgorithm) -> bytes
         algorithm_id = _ECDSA_ALGORITHM_IDS[hash_algorithm]
         signature = key.sign(octets, ec.ECDSA(hash_class()))  # DER Ecdsa-Sig-Value
     return bytes((len(algorithm_id),)) + algorithm_id + signature
+
+
+def sign_rfc4754(key: ec.EllipticCurvePrivateKey, octets: bytes) -> tuple[AuthMethod, bytes]:
+    """(method, AUTH data) for a peer that sent no SIGNATURE_HASH_ALGORITHMS: RFC 4754 fixes
+    the hash by curve and carries the signature as raw r | s."""
+    for method, (curve, hash_class, half) in _RFC4754_METHODS.items():
+        if isinstance(key.curve, curve):
+            r, s = decode_dss_signature(key.sign(octets, ec.ECDSA(hash_class())))
+            return AuthMethod(method), r.to_bytes(half, "big") + s.to_bytes(half, "big")
+    raise IkeLocalError(f"RFC 4754 has no AUTH method for curve {key.curve.name}")
 
 
 def verify(method: int, auth_data: bytes, public_key: VerifyingKey, octets: bytes) -> None:
