@@ -97,3 +97,10 @@ class TemporaryFailure(IkePeerError):
 
 class ChildSaNotFound(IkePeerError):
     notify = NotifyType.CHILD_SA_NOT_FOUND
+
+
+class InvalidKeyExchangeData(MalformedMessage):
+    """KE payload data that is not a valid public value for its group: wrong length, a point not
+    on the curve, or a value that yields the all-zero shared secret (RFC 7748 section 6.1)."""
+
+    notify = NotifyType.INVALID_SYNTAX
