@@ -33,6 +33,7 @@ from trellis.controller.hub import SessionEnd, SyncHub
 from trellis.controller.maps import MapSnapshot, PolicyViewFor
 from trellis.controller.store import (
     AsyncStore,
+    AuditEvent,
     AuditRecord,
     CertificateRecord,
     EndpointRecord,
@@ -167,15 +168,8 @@ class ControllerService:
     # -- audit ---------------------------------------------------------------------------------
 
     async def audit(self, actor: str, action: str, target: str, outcome: str, detail: str = "") -> None:
-        await self.store.call(
-            Store.append_audit,
-            at=self.clock(),
-            actor=actor,
-            action=action,
-            target=target,
-            outcome=outcome,
-            detail=detail,
-        )
+        event = AuditEvent(actor=actor, action=action, target=target, outcome=outcome, detail=detail)
+        await self.store.call(Store.append_audit, event, at=self.clock())
 
     @contextlib.asynccontextmanager
     async def _refusals_audited(self, caller: Caller, action: str, target: str) -> AsyncIterator[None]:
@@ -198,16 +192,14 @@ class ControllerService:
                 raise Unauthenticated(f"certificate is from trust domain {identity.trust_domain}")
             if identity.kind is not IdentityKind.SITE:
                 raise PermissionDenied(f"{identity.kind.value} certificates may not call the agent API")
-            record = await self.store.call(Store.get_certificate, caller.serial)
-            if record is None or record.site != identity.name:
+            standing = await self.store.call(Store.certificate_standing, caller.serial)
+            if standing is None or standing[0].site != identity.name:
                 raise Unauthenticated("unknown certificate")
+            record, site_revoked = standing
+            if site_revoked:
+                raise PermissionDenied(f"site {record.site} is revoked")
             if record.revoked:
                 raise PermissionDenied(f"certificate {caller.serial} is revoked")
-            site = await self.store.call(Store.get_site, identity.name)
-            if site is None:
-                raise Unauthenticated("unknown site")
-            if site.revoked:
-                raise PermissionDenied(f"site {site.name} is revoked")
         return identity.name
 
     async def authenticate_admin(self, caller: Caller, action: str) -> Identity:
@@ -246,17 +238,12 @@ class ControllerService:
                 target = f"{e.site or '?'} ({target})"
                 raise Unauthenticated(e.reason) from None
             target = site
-            issued = await self._issue(site, csr, now=now, reason="enroll")
+            issued = await self._issue(
+                caller, site, csr, now=now, reason="enroll", detail=f"via token {token.token_id}"
+            )
         except ControllerError as e:
             await self.audit(caller.actor, "enroll", target, "refused", str(e))
             raise
-        await self.audit(
-            caller.actor,
-            "enroll",
-            site,
-            "ok",
-            f"serial {serial_hex(issued.certificate)} via token {token.token_id}",
-        )
         return issued
 
     async def renew(self, caller: Caller, site: str, csr_der: bytes) -> Issued:
@@ -271,13 +258,19 @@ class ControllerService:
                 raise InvalidArgument("renewal CSR must name the identity it renews (URI SAN)")
             if asked != identity:
                 raise PermissionDenied(f"caller {identity} may not renew {asked}")
-            issued = await self._issue(site, csr, now=self.clock(), reason="renew")
-        await self.audit(caller.actor, "renew", site, "ok", f"serial {serial_hex(issued.certificate)}")
-        return issued
+            return await self._issue(caller, site, csr, now=self.clock(), reason="renew", detail="")
 
     async def _issue(
-        self, site: str, csr: x509.CertificateSigningRequest, *, now: dt.datetime, reason: str
+        self,
+        caller: Caller,
+        site: str,
+        csr: x509.CertificateSigningRequest,
+        *,
+        now: dt.datetime,
+        reason: str,
+        detail: str,
     ) -> Issued:
+        """Sign, then record the certificate and its audit line in one transaction."""
         identity = Identity.site(self.trust_domain, site)
         try:
             certificate = self.authority.issue(csr, identity, now=now, ttl=self.cert_ttl)
@@ -291,6 +284,13 @@ class ControllerService:
             not_before=certificate.not_valid_before_utc,
             not_after=certificate.not_valid_after_utc,
             reason=reason,
+            audit=AuditEvent(
+                actor=caller.actor,
+                action=reason,
+                target=site,
+                outcome="ok",
+                detail=f"serial {serial_hex(certificate)} {detail}".strip(),
+            ),
         )
         return Issued(
             site=site,

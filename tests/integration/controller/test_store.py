@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from trellis.controller.store import (
+    AuditEvent,
     EndpointRecord,
     SiteExists,
     SiteNotFound,
@@ -20,6 +21,7 @@ from trellis.controller.store.migrations import HEAD, SchemaTooNew, migrate
 from trellis.controller.store.schema import metadata
 
 T0 = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+ISSUED = AuditEvent(actor="test", action="enroll", target="a", outcome="ok")
 
 
 def clock() -> dt.datetime:
@@ -115,9 +117,17 @@ def test_revocation_marks_every_certificate_and_blocks_tokens(store: Store) -> N
     store.add_site("a", ["10.1.0.0/24"], {}, now=T0)
     store.add_site("b", ["10.2.0.0/24"], {}, now=T0)
     for serial, not_after in (("aa01", T0 + dt.timedelta(hours=1)), ("aa02", T0 - dt.timedelta(minutes=1))):
-        store.add_certificate("a", serial, issued_at=T0, not_before=T0, not_after=not_after, reason="enroll")
+        store.add_certificate(
+            "a", serial, issued_at=T0, not_before=T0, not_after=not_after, reason="enroll", audit=ISSUED
+        )
     store.add_certificate(
-        "b", "bb01", issued_at=T0, not_before=T0, not_after=T0 + dt.timedelta(hours=1), reason="enroll"
+        "b",
+        "bb01",
+        issued_at=T0,
+        not_before=T0,
+        not_after=T0 + dt.timedelta(hours=1),
+        reason="enroll",
+        audit=ISSUED,
     )
     store.add_token("a", b"t" * 32, created_at=T0, expires_at=T0 + dt.timedelta(hours=1), created_by="admin")
     before = store.generation()
@@ -159,14 +169,8 @@ def test_reports_bump_the_generation_only_when_endpoints_change(store: Store) ->
 
 def test_audit_pages_newest_first(store: Store) -> None:
     for i in range(5):
-        store.append_audit(
-            at=T0 + dt.timedelta(seconds=i),
-            actor="admin",
-            action="site.add",
-            target=f"s{i}",
-            outcome="ok",
-            detail="",
-        )
+        event = AuditEvent(actor="admin", action="site.add", target=f"s{i}", outcome="ok")
+        store.append_audit(event, at=T0 + dt.timedelta(seconds=i))
     page = store.list_audit(limit=2)
     assert [e.target for e in page] == ["s4", "s3"]
     assert [e.target for e in store.list_audit(limit=10, before_id=page[-1].id)] == ["s2", "s1", "s0"]
@@ -176,7 +180,7 @@ def test_audit_pages_newest_first(store: Store) -> None:
 def test_nothing_is_lost_across_reopening(store_url: str) -> None:
     first = Store.open(store_url, now=clock)
     first.add_site("a", ["10.1.0.0/24"], {"k": "v"}, now=T0)
-    first.append_audit(at=T0, actor="admin", action="site.add", target="a", outcome="ok", detail="")
+    first.append_audit(AuditEvent(actor="admin", action="site.add", target="a", outcome="ok"), at=T0)
     first.close()
     second = Store.open(store_url, now=clock)
     site = second.get_site("a")

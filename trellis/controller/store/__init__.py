@@ -1,6 +1,7 @@
 """The controller's store (SQLAlchemy Core; SQLite by default, PostgreSQL for replicas)."""
 
 from trellis.controller.store.records import (
+    AuditEvent,
     AuditRecord,
     CertificateRecord,
     EndpointRecord,
@@ -20,6 +21,7 @@ from trellis.controller.store.store import (
 
 __all__ = [
     "AsyncStore",
+    "AuditEvent",
     "AuditRecord",
     "CertificateRecord",
     "EndpointRecord",

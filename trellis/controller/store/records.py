@@ -57,6 +57,17 @@ class AuditRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """An audit line to write (the store assigns its id and time)."""
+
+    actor: str
+    action: str
+    target: str
+    outcome: str  # ok | refused
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class MapInputs:
     """Everything network maps are computed from, read in one transaction."""
 

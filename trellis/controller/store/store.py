@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from trellis.controller.store import schema
 from trellis.controller.store.migrations import migrate
 from trellis.controller.store.records import (
+    AuditEvent,
     AuditRecord,
     CertificateRecord,
     EndpointRecord,
@@ -307,8 +308,11 @@ class Store:
         not_before: dt.datetime,
         not_after: dt.datetime,
         reason: str,
+        audit: AuditEvent,
     ) -> None:
+        """Record an issued certificate together with its audit line (one commit on the hot path)."""
         with self._tx() as conn:
+            self._insert_audit(conn, audit, at=issued_at)
             conn.execute(
                 schema.certificates.insert().values(
                     serial=serial,
@@ -327,6 +331,14 @@ class Store:
                 select(schema.certificates).where(schema.certificates.c.serial == serial)
             ).first()
         return _certificate(row) if row else None
+
+    def certificate_standing(self, serial: str) -> tuple[CertificateRecord, bool] | None:
+        """A certificate and whether its site is revoked, in one read (every agent call asks)."""
+        c, s = schema.certificates, schema.sites
+        query = select(c, s.c.revoked_at).join(s, s.c.name == c.c.site).where(c.c.serial == serial)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return (_certificate(row), row.revoked_at is not None) if row else None
 
     def certificates_of(self, site: str, *, limit: int = 10) -> list[CertificateRecord]:
         c = schema.certificates
@@ -362,15 +374,22 @@ class Store:
 
     # -- audit ---------------------------------------------------------------------------------
 
-    def append_audit(
-        self, *, at: dt.datetime, actor: str, action: str, target: str, outcome: str, detail: str
-    ) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                schema.audit.insert().values(
-                    at=at, actor=actor, action=action, target=target, outcome=outcome, detail=detail
-                )
+    @staticmethod
+    def _insert_audit(conn: Connection, event: AuditEvent, *, at: dt.datetime) -> None:
+        conn.execute(
+            schema.audit.insert().values(
+                at=at,
+                actor=event.actor,
+                action=event.action,
+                target=event.target,
+                outcome=event.outcome,
+                detail=event.detail,
             )
+        )
+
+    def append_audit(self, event: AuditEvent, *, at: dt.datetime) -> None:
+        with self._tx() as conn:
+            self._insert_audit(conn, event, at=at)
 
     def list_audit(self, *, limit: int = 100, before_id: int = 0) -> list[AuditRecord]:
         a = schema.audit
