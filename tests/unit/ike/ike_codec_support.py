@@ -3,14 +3,20 @@ messages, and a pcap writer so tshark can read what we encode."""
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import ipaddress
 import struct
 import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509.oid import NameOID
 
 from trellis.agent.ike.constants import (
     AuthMethod,
@@ -131,12 +137,39 @@ def ike_sa_init_request() -> Message:
     )
 
 
-def ike_auth_payloads(cert_size: int = 600) -> tuple[Payload, ...]:
+@functools.cache
+def sample_certificate() -> bytes:
+    """A real DER certificate (self-signed Ed25519), so decoders that parse CERT data see one."""
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "branch-a.example")])
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(hours=1))
+        .sign(key, None)
+    )
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
+def ike_auth_payloads(certificates: int = 1) -> tuple[Payload, ...]:
+    """IKE_AUTH-like payloads; ``certificates`` CERT payloads make the message as large as needed."""
+    certs = tuple(
+        Certificate(encoding=CertEncoding.X509_SIGNATURE, data=sample_certificate())
+        for _ in range(certificates)
+    )
     return (
         IdInitiator(id_type=IdType.ID_FQDN, data=b"branch-a.example"),
-        Certificate(encoding=CertEncoding.X509_SIGNATURE, data=bytes(i % 251 for i in range(cert_size))),
+        *certs,
         CertificateRequest(encoding=CertEncoding.X509_SIGNATURE, authorities=(bytes(20), bytes(range(20)))),
-        IdResponder(id_type=IdType.ID_DER_ASN1_DN, data=b"0\x00"),
+        IdResponder(
+            id_type=IdType.ID_DER_ASN1_DN,
+            data=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "branch-b.example")]).public_bytes(),
+        ),
         Authentication(method=AuthMethod.DIGITAL_SIGNATURE, data=b"\x08" + bytes(72)),
         Notify(notify_type=NotifyType.INITIAL_CONTACT),
         SecurityAssociation(proposals=(esp_proposal(),)),
@@ -170,7 +203,7 @@ def ike_auth_payloads(cert_size: int = 600) -> tuple[Payload, ...]:
     )
 
 
-def ike_auth_request(cert_size: int = 600) -> Message:
+def ike_auth_request(certificates: int = 1) -> Message:
     return Message(
         header=IkeHeader(
             spi_i=SPI_I,
@@ -180,7 +213,7 @@ def ike_auth_request(cert_size: int = 600) -> Message:
             response=False,
             message_id=1,
         ),
-        payloads=ike_auth_payloads(cert_size),
+        payloads=ike_auth_payloads(certificates),
     )
 
 
