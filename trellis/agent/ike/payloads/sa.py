@@ -105,7 +105,7 @@ class SecurityAssociation:
 
 
 def pull_transform(buf: Buffer) -> Transform:
-    """One transform substructure, ``buf`` bounded to its length."""
+    """A transform after its 4-byte substructure header, ``buf`` bounded to its length."""
     transform_type = known(TransformType, buf.pull_uint8())
     pull_reserved(buf, 1)
     raw_id = buf.pull_uint16()
