@@ -122,6 +122,8 @@ class IdType(enum.IntEnum):
 
 class CertEncoding(enum.IntEnum):
     X509_SIGNATURE = 4  # CERT: DER certificate; CERTREQ: SHA-1 hashes of CA SPKIs
+    HASH_AND_URL_X509_CERT = 12  # CERTREQ authorities are SHA-1 hashes here too (RFC 7296 3.7)
+    HASH_AND_URL_X509_BUNDLE = 13
 
 
 class AuthMethod(enum.IntEnum):

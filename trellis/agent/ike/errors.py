@@ -104,3 +104,26 @@ class InvalidKeyExchangeData(MalformedMessage):
     on the curve, or a value that yields the all-zero shared secret (RFC 7748 section 6.1)."""
 
     notify = NotifyType.INVALID_SYNTAX
+
+
+class EncodingError(IkeLocalError):
+    """We asked the codec to encode something the wire format cannot carry (a value out of range,
+    a body too long for its length field, mismatched address families)."""
+
+
+class InvalidMajorVersion(IkePeerError):
+    """RFC 7296 section 3.1: a major version other than 2. Answer (if at all) with
+    INVALID_MAJOR_VERSION naming version 2."""
+
+    notify = NotifyType.INVALID_MAJOR_VERSION
+
+    def __init__(self, major_version: int) -> None:
+        super().__init__(f"unsupported IKE major version {major_version}")
+        self.major_version = major_version
+
+
+class InvalidFragment(IkePeerError):
+    """RFC 7383 section 2.6: an Encrypted Fragment that must be discarded silently (impossible
+    numbering, inconsistent with the fragments already held, or over a reassembly bound)."""
+
+    notify = None
