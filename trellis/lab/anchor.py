@@ -92,16 +92,18 @@ def start_strongswan_site(
     ca: CertificateAuthority,
     *,
     log_keys: bool = False,
+    name: str | None = None,
+    remote_id: str | None = None,
 ) -> Charon:
-    """Start charon in ``site`` with a fresh certificate and a connection to ``peer`` loaded."""
-    charon = start_charon(topology.lab, site.netns, name=site.name, log_keys=log_keys)
+    """Start charon (called ``name``, default the site's name) in ``site`` with a fresh certificate
+    and the connection to ``peer`` loaded; ``remote_id`` overrides the identity expected of the peer."""
+    charon = start_charon(topology.lab, site.netns, name=name or site.name, log_keys=log_keys)
     cert, key = issue_site_certificate(ca, site.name)
     credentials = charon.install_credentials(cacerts=[ca.certificate], cert=cert, key=key)
-    charon.load(
-        SwanctlConfig(
-            connections=(site_to_site_connection(site, peer, credentials, trust_domain=ca.trust_domain),)
-        )
+    connection = site_to_site_connection(
+        site, peer, credentials, trust_domain=ca.trust_domain, remote_id=remote_id
     )
+    charon.load(SwanctlConfig(connections=(connection,)))
     return charon
 
 

@@ -294,7 +294,7 @@ def delete_namespace(name: str) -> None:
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + KILL_WAIT
     while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if _alive(p)]
+        pids = [p for p in pids if process_alive(p)]
         time.sleep(0.05)
     try:
         run(["ip", "netns", "del", name])
@@ -315,14 +315,15 @@ def cleanup_stale() -> list[str]:
     removed = []
     for name in list_namespaces():
         pid = owner_pid(name)
-        if pid is None or _alive(pid):
+        if pid is None or process_alive(pid):
             continue
         delete_namespace(name)
         removed.append(name)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, which has exited but is not reaped yet, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
