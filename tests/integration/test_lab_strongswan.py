@@ -105,6 +105,14 @@ def test_start_action_brings_the_psk_tunnel_up_on_load(
     assert h1.netns.ping(str(h2.ip), count=2)
     assert c2.wait_for_child_sa("lan").child("lan").packets_in >= 2
 
+    c1.terminate(ike="psk")
+    assert c1.list_sas() == []
+    deadline = time.monotonic() + 5
+    while c2.list_sas():
+        assert time.monotonic() < deadline, c2.diagnostics()
+        time.sleep(0.1)
+    assert not h1.netns.ping(str(h2.ip), timeout=0.5)
+
 
 def test_keys_follow_a_rekey_started_by_the_responder() -> None:
     if os.geteuid() != 0:
