@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
+from trellis.v1.csr import make_csr as make_csr  # re-exported for callers issuing to their own keys
+from trellis.v1.csr import subject_of
+from trellis.v1.files import write_atomic
 from trellis.v1.identity import Identity, IdentityError, IdentityKind, check_trust_domain
 
 ID_KP_IPSEC_IKE = ObjectIdentifier("1.3.6.1.5.5.7.3.17")  # RFC 4945 section 5.1.3.12
@@ -87,16 +89,6 @@ def requested_identity(csr: x509.CertificateSigningRequest) -> Identity | None:
         return Identity.parse(uris[0])
     except IdentityError as e:
         raise CertificateRequestError(str(e)) from None
-
-
-def site_subject(identity: Identity) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, identity.trust_domain),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, identity.kind.value),
-            x509.NameAttribute(NameOID.COMMON_NAME, identity.name),
-        ]
-    )
 
 
 def load_csr(der: bytes) -> x509.CertificateSigningRequest:
@@ -226,7 +218,7 @@ class CertificateAuthority:
         usages = [ID_KP_IPSEC_IKE, ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
         return (
             x509.CertificateBuilder()
-            .subject_name(site_subject(identity))
+            .subject_name(subject_of(identity))
             .issuer_name(self.certificate.subject)
             .public_key(csr.public_key())
             .serial_number(_random_serial())
@@ -260,21 +252,6 @@ class CertificateAuthority:
         return self.issue(csr, identity, now=now, ttl=ttl, dns_names=dns_names)
 
 
-def make_csr(
-    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey, identity: Identity | None
-) -> x509.CertificateSigningRequest:
-    """A CSR over ``key``; it asks for ``identity`` when given (renewals must)."""
-    builder = x509.CertificateSigningRequestBuilder().subject_name(
-        site_subject(identity) if identity else x509.Name([])
-    )
-    if identity is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=False
-        )
-    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    return builder.sign(key, algorithm)
-
-
 def admin_identity(trust_domain: str, name: str) -> Identity:
     return Identity(trust_domain, IdentityKind.ADMIN, name)
 
@@ -293,18 +270,8 @@ def write_private_key(path: Path, key: ec.EllipticCurvePrivateKey | ed25519.Ed25
 
 
 def write_secret_file(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data``, mode 0600."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Atomically replace ``path`` with ``data``, mode 0600 from the first byte."""
+    write_atomic(path, data, mode=0o600)
 
 
 def _random_serial() -> int:

@@ -1,0 +1,1 @@
+"""gRPC services of the controller: one error boundary, identity from the mTLS peer certificate."""

@@ -1,0 +1,128 @@
+"""Enrollment (token-authenticated) and the agent service (certificate-authenticated)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives import serialization
+
+from trellis.controller.api.boundary import caller_of
+from trellis.controller.errors import ControllerError, PermissionDenied, Unauthenticated
+from trellis.controller.hub import Session, SessionEnd
+from trellis.controller.maps import timestamp
+from trellis.controller.service import ControllerService, Issued
+from trellis.controller.store import EndpointRecord
+from trellis.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+
+log = logging.getLogger(__name__)
+
+ServicerContext = grpc.aio.ServicerContext[Any, Any]
+
+
+def _certificate_der(issued: Issued) -> bytes:
+    return issued.certificate.public_bytes(serialization.Encoding.DER)
+
+
+class EnrollmentServicer(agent_pb2_grpc.EnrollmentServicer):
+    def __init__(self, service: ControllerService) -> None:
+        self.service = service
+
+    async def Enroll(
+        self, request: agent_pb2.EnrollRequest, context: ServicerContext
+    ) -> agent_pb2.EnrollResponse:
+        issued = await self.service.enroll(caller_of(context), request.token, request.csr_der)
+        return agent_pb2.EnrollResponse(
+            site=issued.site,
+            identity=issued.identity.uri,
+            certificate_der=_certificate_der(issued),
+            ca_bundle_der=issued.ca_bundle_der,
+        )
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, service: ControllerService) -> None:
+        self.service = service
+
+    async def Renew(
+        self, request: agent_pb2.RenewRequest, context: ServicerContext
+    ) -> agent_pb2.RenewResponse:
+        caller = caller_of(context)
+        site = await self.service.authenticate_site(caller, "renew")
+        issued = await self.service.renew(caller, site, request.csr_der)
+        return agent_pb2.RenewResponse(
+            certificate_der=_certificate_der(issued), ca_bundle_der=issued.ca_bundle_der
+        )
+
+    async def Sync(
+        self, request_iterator: AsyncIterator[agent_pb2.AgentReport], context: ServicerContext
+    ) -> AsyncIterator[common_pb2.NetworkMap]:
+        caller = caller_of(context)
+        site = await self.service.authenticate_site(caller, "sync")
+        if caller.not_after is None:  # authenticate_site guarantees a certificate
+            raise Unauthenticated("a site certificate is required")
+        hub = self.service.hub
+        session = Session(
+            site=site,
+            serial=caller.serial,
+            certificate_not_after=caller.not_after,
+            connected_at=self.service.clock(),
+        )
+        reports = asyncio.create_task(self._read_reports(site, request_iterator, session))
+        hub.open(session)
+        log.info("agent %s connected from %s", site, caller.peer)
+        try:
+            last_sent: bytes | None = None
+            while True:
+                session.wake.clear()
+                if session.failure is not None:
+                    raise session.failure
+                if session.ended is SessionEnd.REVOKED:
+                    raise PermissionDenied(f"site {site} is revoked")
+                if session.ended is not None:
+                    raise Unauthenticated(session.ended.value)
+                snapshot = await hub.snapshot()
+                if not snapshot.has_live_site(site):
+                    raise PermissionDenied(f"site {site} is revoked")
+                network_map = snapshot.map_for(site)
+                content = network_map.SerializeToString(deterministic=True)
+                if content != last_sent:
+                    last_sent = content
+                    network_map.version = snapshot.generation
+                    network_map.generated_at.CopyFrom(timestamp(self.service.clock()))
+                    yield network_map
+                await self._wait(session)
+        finally:
+            hub.close(session)
+            reports.cancel()
+            log.info("agent %s disconnected", site)
+
+    async def _wait(self, session: Session) -> None:
+        """Until something changed, or the caller's certificate expires (the stream ends then: a
+        renewed certificate must reconnect)."""
+        left = (session.certificate_not_after - self.service.clock()).total_seconds()
+        if left <= 0:
+            session.end(SessionEnd.CERTIFICATE_EXPIRED)
+            return
+        try:
+            await asyncio.wait_for(session.wake.wait(), timeout=left)
+        except TimeoutError:
+            if self.service.clock() >= session.certificate_not_after:
+                session.end(SessionEnd.CERTIFICATE_EXPIRED)
+
+    async def _read_reports(
+        self, site: str, reports: AsyncIterator[agent_pb2.AgentReport], session: Session
+    ) -> None:
+        try:
+            async for report in reports:
+                await self.service.record_report(
+                    site,
+                    endpoints=[EndpointRecord(address=e.address, port=e.port) for e in report.endpoints],
+                    agent_version=report.agent_version,
+                    applied_map_version=report.applied_map_version,
+                )
+        except ControllerError as e:
+            session.fail(e)  # the stream loop raises it through the boundary
