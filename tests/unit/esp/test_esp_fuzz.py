@@ -7,11 +7,10 @@ import contextlib
 import stat
 from pathlib import Path
 
-from esp_packets import udp4
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_esp_sa import pair
 
+from tests.unit.esp.esp_support import pair, udp4
 from trellis.agent.esp import Cipher, EspPeerError, InboundSa, MalformedPacket, OutboundSa, parse_flow
 from trellis.agent.esp.keylog import EspKeyLog, esp_sa_options, esp_sa_row
 

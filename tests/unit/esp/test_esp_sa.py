@@ -6,8 +6,8 @@ import dataclasses
 import ipaddress
 
 import pytest
-from esp_packets import icmp_echo, ipv4, udp4, udp6
 
+from tests.unit.esp.esp_support import KEYS, LAN_B, icmp_echo, ipv4, pair, udp4, udp6
 from trellis.agent.esp import (
     AuthenticationFailed,
     Cipher,
@@ -25,55 +25,11 @@ from trellis.agent.esp import (
     ReplayedPacket,
     SaExhausted,
     SaExpired,
-    SaParams,
     SelectorMismatch,
     TrafficSelector,
 )
 from trellis.agent.esp.constants import MAX_SEQ_32, SEQ_SOFT_MARGIN
 from trellis.agent.esp.inet import ipv4_header_valid, ones_sum
-
-KEYS = {
-    Cipher.AES_GCM_16: bytes(range(36)),
-    Cipher.CHACHA20_POLY1305: bytes(range(100, 136)),
-    Cipher.NULL_AUTH_AES_GMAC: bytes(range(50, 70)),
-}
-LAN_A, LAN_B = "10.1.0.0/24", "10.2.0.0/24"
-LAN6_A, LAN6_B = "fd00:a::/64", "fd00:b::/64"
-
-
-def pair(
-    cipher: Cipher = Cipher.AES_GCM_16,
-    *,
-    esn: bool = False,
-    lifetime: Lifetime | None = None,
-    local: tuple[str, ...] = (LAN_A, LAN6_A),
-    remote: tuple[str, ...] = (LAN_B, LAN6_B),
-    mode: Mode = Mode.TUNNEL,
-) -> tuple[SaParams, SaParams]:
-    """The outbound SA at site A and the matching inbound SA at site B."""
-    out = SaParams(
-        spi=0x1000,
-        direction=Direction.OUTBOUND,
-        cipher=cipher,
-        key=KEYS[cipher],
-        local_ts=tuple(TrafficSelector.from_network(n) for n in local),
-        remote_ts=tuple(TrafficSelector.from_network(n) for n in remote),
-        local_address=ipaddress.ip_address("192.0.2.1"),
-        remote_address=ipaddress.ip_address("198.51.100.1"),
-        esn=esn,
-        lifetime=lifetime or Lifetime(),
-        mode=mode,
-        tag="a->b",
-    )
-    inbound = dataclasses.replace(
-        out,
-        direction=Direction.INBOUND,
-        local_ts=out.remote_ts,
-        remote_ts=out.local_ts,
-        local_address=out.remote_address,
-        remote_address=out.local_address,
-    )
-    return out, inbound
 
 
 @pytest.mark.parametrize("cipher", list(Cipher))

@@ -45,7 +45,7 @@ from trellis.agent.esp.errors import (
 )
 from trellis.agent.esp.inet import set_ipv4_checksum
 from trellis.agent.esp.replay import ReplayWindow
-from trellis.agent.esp.selectors import IPAddress, SelectorPair, TrafficSelector, parse_flow
+from trellis.agent.esp.selectors import IPAddress, SelectorPair, TrafficSelector
 from trellis.agent.esp.transforms import AeadTransform, Buffer
 
 IPV4_HEADER = 20
@@ -362,7 +362,7 @@ class InboundSa(_SaBase):
         return inner
 
     def check_selectors(self, inner: Buffer) -> None:
-        if not self.selectors.covers(parse_flow(inner), outbound=False):
+        if not self.selectors.covers_packet(inner, outbound=False):
             raise SelectorMismatch("inner packet outside the SA's traffic selectors")
 
     def open_transport(self, packet: Buffer, now: float) -> bytes:

@@ -34,6 +34,20 @@ _IPV6_SKIPPABLE = frozenset((0, 43, 60))  # hop-by-hop, routing, destination opt
 _IPV6_FRAGMENT = 44
 _IPV6_AH = 51
 _PORTS = struct.Struct(">HH")
+_FAST_PROTOCOLS = (NextHeader.TCP, NextHeader.UDP)
+
+
+def fast_flow_key(packet: Buffer) -> bytes | None:
+    """Raw bytes that identify the flow of a plain IPv4 TCP/UDP packet (protocol, addresses,
+    ports), for caches; None for anything else (options, fragments, other protocols, IPv6)."""
+    if (
+        len(packet) >= 24
+        and packet[0] == 0x45
+        and packet[9] in _FAST_PROTOCOLS
+        and not (packet[6] & 0x3F | packet[7])
+    ):
+        return bytes(packet[9:10]) + bytes(packet[12:24])
+    return None
 
 
 class Flow(NamedTuple):
@@ -177,6 +191,22 @@ class SelectorPair:
         self.local = local
         self.remote = remote
         self._cache: dict[tuple[bool, Flow], bool] = {}
+        self._fast: tuple[dict[bytes, bool], dict[bytes, bool]] = ({}, {})  # inbound, outbound
+
+    def covers_packet(self, packet: Buffer, *, outbound: bool) -> bool:
+        """``covers`` for a raw packet, cached by its header bytes (MalformedPacket if it is
+        not IP)."""
+        key = fast_flow_key(packet)
+        if key is None:
+            return self.covers(parse_flow(packet), outbound=outbound)
+        cache = self._fast[outbound]
+        known = cache.get(key)
+        if known is None:
+            known = self.covers(parse_flow(packet), outbound=outbound)
+            if len(cache) >= self.CACHE_LIMIT:
+                cache.clear()
+            cache[key] = known
+        return known
 
     def covers(self, flow: Flow, *, outbound: bool) -> bool:
         key = (outbound, flow)

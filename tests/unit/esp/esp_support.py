@@ -1,10 +1,12 @@
-"""Small IPv4/IPv6 packet builders for tests (checksums included)."""
+"""Test support: IPv4/IPv6 packet builders (checksums included) and a matching SA pair."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import struct
 
+from trellis.agent.esp import Cipher, Direction, Lifetime, Mode, SaParams, TrafficSelector
 from trellis.agent.esp.inet import checksum, pseudo_header_sum, set_ipv4_checksum
 
 TCP_SYN = 0x02
@@ -86,6 +88,22 @@ def udp6(src: str, dst: str, sport: int = 1000, dport: int = 2000, payload: byte
     return ipv6(src, dst, 17, udp(src, dst, sport, dport, payload))
 
 
+def tcp6(
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    *,
+    flags: int = TCP_ACK,
+    seq: int = 1000,
+    options: bytes = b"",
+    payload: bytes = b"",
+) -> bytes:
+    return ipv6(
+        src, dst, 6, tcp(src, dst, sport, dport, flags=flags, seq=seq, options=options, payload=payload)
+    )
+
+
 def tcp4(
     src: str,
     dst: str,
@@ -100,3 +118,47 @@ def tcp4(
 ) -> bytes:
     segment = tcp(src, dst, sport, dport, flags=flags, seq=seq, options=options, payload=payload)
     return ipv4(src, dst, 6, segment, df=df)
+
+
+KEYS = {
+    Cipher.AES_GCM_16: bytes(range(36)),
+    Cipher.CHACHA20_POLY1305: bytes(range(100, 136)),
+    Cipher.NULL_AUTH_AES_GMAC: bytes(range(50, 70)),
+}
+LAN_A, LAN_B = "10.1.0.0/24", "10.2.0.0/24"
+LAN6_A, LAN6_B = "fd00:a::/64", "fd00:b::/64"
+
+
+def pair(
+    cipher: Cipher = Cipher.AES_GCM_16,
+    *,
+    esn: bool = False,
+    lifetime: Lifetime | None = None,
+    local: tuple[str, ...] = (LAN_A, LAN6_A),
+    remote: tuple[str, ...] = (LAN_B, LAN6_B),
+    mode: Mode = Mode.TUNNEL,
+) -> tuple[SaParams, SaParams]:
+    """The outbound SA at site A and the matching inbound SA at site B."""
+    out = SaParams(
+        spi=0x1000,
+        direction=Direction.OUTBOUND,
+        cipher=cipher,
+        key=KEYS[cipher],
+        local_ts=tuple(TrafficSelector.from_network(n) for n in local),
+        remote_ts=tuple(TrafficSelector.from_network(n) for n in remote),
+        local_address=ipaddress.ip_address("192.0.2.1"),
+        remote_address=ipaddress.ip_address("198.51.100.1"),
+        esn=esn,
+        lifetime=lifetime or Lifetime(),
+        mode=mode,
+        tag="a->b",
+    )
+    inbound = dataclasses.replace(
+        out,
+        direction=Direction.INBOUND,
+        local_ts=out.remote_ts,
+        remote_ts=out.local_ts,
+        local_address=out.remote_address,
+        remote_address=out.local_address,
+    )
+    return out, inbound
