@@ -234,7 +234,7 @@ def test_keepalives_and_bad_datagrams_are_counted(topology: StandardTopology, tu
 
     def counted() -> bool:
         status = tunnel.a.fresh_status()
-        return status["traffic"].get("keepalive_rx") == 1 and status["ike_messages"] == 1
+        return bool(status["traffic"].get("keepalive_rx") == 1 and status["ike_messages"] == 1)
 
     wait_until("the counters", counted, timeout=10)
     status = tunnel.a.status()
