@@ -97,8 +97,8 @@ def test_coalescing_restores_the_super_packet(version: int) -> None:
     coalescer = TcpCoalescer()
     for segment in tso_segments(original, MSS):
         coalescer.add(segment)
-    [(vnet_bytes, merged)] = coalescer.flush()
-    vnet = pull_vnet_header(vnet_bytes)
+    [iov] = coalescer.flush()
+    vnet, merged = pull_vnet_header(iov[0]), b"".join(iov[1:])
     ip_length = 20 if version == 4 else 40
     assert vnet == VnetHeader(
         flags=VNET_F_NEEDS_CSUM,
@@ -126,10 +126,16 @@ def test_coalescing_keeps_order_and_breaks_runs() -> None:
     for packet in (segments[0], segments[1], ping, segments[2], *other_flow, bytes(damaged)):
         coalescer.add(packet)
     out = coalescer.flush()
-    assert [len(p) for _, p in out] == [40 + 2 * MSS, len(ping), 40 + MSS, 40 + 2 * MSS, len(damaged)]
-    assert out[1] == (PLAIN_VNET_HEADER, ping)
-    assert out[2] == (PLAIN_VNET_HEADER, segments[2])  # a lone segment stays as it was
-    assert out[4] == (PLAIN_VNET_HEADER, bytes(damaged))  # a bad checksum is not merged
+    assert [len(b"".join(iov[1:])) for iov in out] == [
+        40 + 2 * MSS,
+        len(ping),
+        40 + MSS,
+        40 + 2 * MSS,
+        len(damaged),
+    ]
+    assert out[1] == [PLAIN_VNET_HEADER, ping]
+    assert out[2] == [PLAIN_VNET_HEADER, segments[2]]  # a lone segment stays as it was
+    assert out[4] == [PLAIN_VNET_HEADER, bytes(damaged)]  # a bad checksum is not merged
     assert coalescer.flush() == []
 
 
@@ -138,7 +144,7 @@ def test_coalescing_stops_at_gaps_and_short_segments() -> None:
     coalescer = TcpCoalescer()
     for packet in (segments[0], segments[2], segments[3], segments[1]):
         coalescer.add(packet)
-    sizes = [len(p) - 40 for _, p in coalescer.flush()]
+    sizes = [len(b"".join(iov[1:])) - 40 for iov in coalescer.flush()]
     assert sizes == [MSS, MSS + 10, MSS]  # 0 | 2+3 (short one ends the run) | 1 (out of order)
 
 
@@ -148,7 +154,7 @@ def test_syn_and_fin_segments_are_not_merged() -> None:
     fin = tcp4("10.1.0.10", "10.2.0.10", 1, 2, flags=TCP_ACK | TCP_FIN, seq=1001, payload=b"x")
     coalescer.add(syn)
     coalescer.add(fin)
-    assert coalescer.flush() == [(PLAIN_VNET_HEADER, syn), (PLAIN_VNET_HEADER, fin)]
+    assert coalescer.flush() == [[PLAIN_VNET_HEADER, syn], [PLAIN_VNET_HEADER, fin]]
 
 
 MSS_OPTION = b"\x02\x04\x05\xb4"  # MSS 1460

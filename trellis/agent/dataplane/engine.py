@@ -248,7 +248,7 @@ class InboundEngine:
         self.tun_mtu = 0
         self.events: list[LifetimeEvent] = []
         self._coalescer = TcpCoalescer(verify=config.gro_verify_checksums) if config.gro else None
-        self._to_tun: list[tuple[bytes, bytes]] = []
+        self._to_tun: list[list[Buffer]] = []
         self._ike: list[tuple[bytes, Endpoint]] = []
 
     def install(self, params: SaParams, now: float) -> None:
@@ -311,14 +311,14 @@ class InboundEngine:
         if self._coalescer is not None:
             self._coalescer.add(inner)
         else:
-            self._to_tun.append((PLAIN_VNET_HEADER, inner))
+            self._to_tun.append([PLAIN_VNET_HEADER, inner] if self.config.vnet_header else [inner])
 
-    def take_tun_writes(self) -> list[tuple[bytes, bytes]]:
-        """(virtio-net header, packet) pairs to write, in order; the header is only written
-        when the TUN device has virtio-net headers."""
+    def take_tun_writes(self) -> list[list[Buffer]]:
+        """One I/O vector (for writev) per packet to write, in order; it starts with the
+        virtio-net header when the TUN device has them."""
         if self._coalescer is not None:
             out = self._coalescer.flush()
-            self.stats.traffic["gro_out"] += sum(1 for vnet, _ in out if vnet != PLAIN_VNET_HEADER)
+            self.stats.traffic["gro_out"] += sum(1 for iov in out if iov[0] is not PLAIN_VNET_HEADER)
             return out
         out, self._to_tun = self._to_tun, []
         return out

@@ -208,7 +208,8 @@ class TcpCoalescer:
     handed over with a partial checksum that nobody verifies again, so a segment damaged
     before it was encrypted would otherwise be delivered. Others pass through unchanged (and
     the receiving stack drops them as it would have). ``add`` queues, ``flush`` returns what to
-    write, in arrival order, as (virtio-net header, packet) pairs.
+    write, in arrival order, as I/O vectors for writev: the virtio-net header, then the packet
+    in pieces (a merged packet is never copied together).
     """
 
     def __init__(self, *, verify: bool = True) -> None:
@@ -290,8 +291,10 @@ class TcpCoalescer:
         self._out.append(packet)
         self._run = None
 
-    def flush(self) -> list[tuple[bytes, bytes]]:
-        out = [_emit(item) if isinstance(item, _Run) else (PLAIN_VNET_HEADER, item) for item in self._out]
+    def flush(self) -> list[list[Buffer]]:
+        out: list[list[Buffer]] = [
+            _emit(item) if isinstance(item, _Run) else [PLAIN_VNET_HEADER, item] for item in self._out
+        ]
         self._out.clear()
         self._run = None
         return out
@@ -303,9 +306,9 @@ def _with_psh(packet: bytes, ip_length: int) -> bytes:
     return bytes(data)
 
 
-def _emit(run: _Run) -> tuple[bytes, bytes]:
+def _emit(run: _Run) -> list[Buffer]:
     if len(run.payloads) == 1:
-        return PLAIN_VNET_HEADER, run.first
+        return [PLAIN_VNET_HEADER, run.first]
     header = bytearray(run.first[: run.header_length])
     l4_length = run.total - run.ip_length
     if run.version == 4:
@@ -328,7 +331,7 @@ def _emit(run: _Run) -> tuple[bytes, bytes]:
         csum_start=run.ip_length,
         csum_offset=TCP_CHECKSUM_OFFSET,
     )
-    return vnet.pack(), b"".join([bytes(header), *run.payloads])
+    return [vnet.pack(), header, *run.payloads]
 
 
 # ---- MSS clamping ----------------------------------------------------------------------

@@ -191,13 +191,10 @@ class Worker:
             datagrams, source = received
             for datagram in datagrams:
                 engine.handle_datagram(datagram, source, now)
-        offload, tun_fd = self.config.vnet_header, self.tun_fd
-        for vnet, packet in engine.take_tun_writes():
+        tun_fd = self.tun_fd
+        for iov in engine.take_tun_writes():
             with contextlib.suppress(BlockingIOError):
-                if offload:
-                    os.writev(tun_fd, [vnet, packet])
-                else:
-                    os.write(tun_fd, packet)
+                os.writev(tun_fd, iov)
         for message, source in engine.take_ike():
             send_message(self.control, IkeDatagram(message=message, source=source))
         self.report_events(engine)

@@ -8,24 +8,26 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 
 from trellis.agent.esp.codec import (
-    counter_iv,
     esp_aad,
     max_payload,
-    open_esp,
-    pack_header,
-    pull_header,
     sealed_length,
+    strip_trailer,
     trailer,
 )
 from trellis.agent.esp.constants import (
     DEFAULT_REPLAY_WINDOW,
+    ESP_HEADER_LENGTH,
+    IV_LENGTH,
+    MAX_ESP_PACKET,
     MAX_SEQ_32,
     MAX_SEQ_64,
     MAX_SPI,
+    MIN_ESP_PACKET,
     MIN_SPI,
     SEQ_SOFT_MARGIN,
     Cipher,
@@ -47,6 +49,9 @@ from trellis.agent.esp.inet import set_ipv4_checksum
 from trellis.agent.esp.replay import ReplayWindow
 from trellis.agent.esp.selectors import IPAddress, SelectorPair, TrafficSelector
 from trellis.agent.esp.transforms import AeadTransform, Buffer
+
+_HEADER = struct.Struct(">II")  # SPI, low half of the sequence number
+_HEADER_AND_IV = struct.Struct(">IIQ")  # ... followed by the IV we send: the 64-bit counter
 
 IPV4_HEADER = 20
 IPV6_HEADER = 40
@@ -271,27 +276,34 @@ class OutboundSa(_SaBase):
         self._soft_seq = self.max_seq - SEQ_SOFT_MARGIN
         self.selectors = SelectorPair(params.local_ts, params.remote_ts)
         self._esn = params.esn
-        self._gmac = not self.transform.encrypts
+        # trailers by payload length mod 4, for the next headers of tunnel mode
+        self._trailers: dict[int, tuple[bytes, ...]] = {
+            nh: tuple(trailer(n, nh) for n in range(4)) for nh in (NextHeader.IPV4, NextHeader.IPV6)
+        }
 
     def seal(self, payload: Buffer, next_header: int, now: float) -> bytes:
-        """One ESP packet carrying ``payload``; raises SaExhausted once a hard limit is reached."""
-        if now >= self._next_time:
+        """One ESP packet carrying ``payload``; raises SaExhausted once a hard limit is reached.
+
+        This is the per-packet hot path of the data plane: kept flat on purpose."""
+        if now >= self._next_time or self.expired:
             self._check_limits(now)
-        if self.expired:
-            raise SaExhausted(f"SA {self.spi:#x} has expired")
+            if self.expired:
+                raise SaExhausted(f"SA {self.spi:#x} has expired")
         seq = self.next_seq
         self.next_seq = seq + 1
-        header = pack_header(self.spi, seq)
-        iv = counter_iv(seq)
-        aad = esp_aad(self.spi, seq, esn=True) if self._esn else header
-        body = self.transform.seal(iv, aad, bytes(payload) + trailer(len(payload), next_header))
+        length = len(payload)
+        header = _HEADER_AND_IV.pack(self.spi, seq & 0xFFFFFFFF, seq)  # the IV is the counter
+        aad = esp_aad(self.spi, seq, esn=True) if self._esn else header[:8]
+        padding = self._trailers.get(next_header)
+        trailer_bytes = padding[length & 3] if padding is not None else trailer(length, next_header)
+        packet = header + self.transform.seal(header[8:], aad, bytes(payload) + trailer_bytes)
         self.packets += 1
-        self.bytes += len(payload)
+        self.bytes += length
         if self.bytes >= self._next_bytes or self.packets >= self._next_packets:
             self._check_limits(now)
         if seq >= self._soft_seq:
             self._fire(LifetimeTrigger.SEQUENCE, hard=seq >= self.max_seq)
-        return header + iv + body
+        return packet
 
     def seal_packet(self, packet: Buffer, now: float) -> bytes:
         """Tunnel mode: an inner IPv4/IPv6 packet in, its ESP packet out."""
@@ -321,19 +333,29 @@ class InboundSa(_SaBase):
         super().__init__(params, now, Direction.INBOUND)
         self.window = ReplayWindow(params.replay_window, esn=params.esn)
         self.selectors = SelectorPair(params.local_ts, params.remote_ts)
+        self._esn = params.esn
 
     def open(self, packet: Buffer, now: float) -> tuple[int, bytes]:
-        """Next header and payload of an ESP packet for this SA. Raises EspPeerError."""
+        """Next header and payload of an ESP packet for this SA. Raises EspPeerError.
+
+        The per-packet hot path of the data plane (open_esp, inlined)."""
         try:
-            if now >= self._next_time:
+            if now >= self._next_time or self.expired:
                 self._check_limits(now)
-            if self.expired:
-                raise SaExpired(f"SA {self.spi:#x} has expired")
-            spi, seq_low = pull_header(packet)
+                if self.expired:
+                    raise SaExpired(f"SA {self.spi:#x} has expired")
+            if not MIN_ESP_PACKET <= len(packet) <= MAX_ESP_PACKET:
+                raise MalformedPacket(f"ESP packet of {len(packet)} bytes")
+            header = bytes(packet[: ESP_HEADER_LENGTH + IV_LENGTH])
+            spi, seq_low = _HEADER.unpack_from(header)
             if spi != self.spi:
                 raise MalformedPacket(f"SPI {spi:#x} is not {self.spi:#x}")
             seq = self.window.check(seq_low)
-            next_header, payload = open_esp(self.transform, packet, seq=seq, esn=self.params.esn)
+            aad = esp_aad(spi, seq, esn=True) if self._esn else header[:ESP_HEADER_LENGTH]
+            plaintext = self.transform.open(
+                header[ESP_HEADER_LENGTH:], aad, packet[ESP_HEADER_LENGTH + IV_LENGTH :]
+            )
+            next_header, payload = strip_trailer(plaintext)
         except EspPeerError as error:
             self.drops[error.reason] += 1
             raise
@@ -348,14 +370,15 @@ class InboundSa(_SaBase):
         """Tunnel mode: the inner IP packet, or None for a dummy packet (next header 59,
         RFC 4303 section 2.6, discarded by design). Raises EspPeerError."""
         next_header, inner = self.open(packet, now)
-        if next_header == NextHeader.NO_NEXT_HEADER:
-            self.drops[DropReason.DUMMY] += 1
-            return None
         try:
             version = inner[0] >> 4 if inner else 0
-            if (next_header, version) not in ((NextHeader.IPV4, 4), (NextHeader.IPV6, 6)):
+            if not (next_header == 4 and version == 4) and not (next_header == 41 and version == 6):
+                if next_header == NextHeader.NO_NEXT_HEADER:
+                    self.drops[DropReason.DUMMY] += 1
+                    return None
                 raise MalformedPacket(f"next header {next_header} with an IPv{version} payload")
-            self.check_selectors(inner)
+            if not self.selectors.covers_packet(inner, outbound=False):
+                raise SelectorMismatch("inner packet outside the SA's traffic selectors")
         except EspPeerError as error:
             self.drops[error.reason] += 1
             raise
