@@ -80,20 +80,19 @@ def start_trellis_tunnel(
     lifetime: Lifetime | None = None,
     status_interval: float = 0.5,
     dataplane: dict[str, Any] | None = None,
+    extra_subnets: tuple[list[str], list[str]] = ([], []),
 ) -> TrellisTunnel:
-    """Start the userspace data plane in sites 1 and 2 with one SA pair between their LANs and
-    a route to the peer LAN; returns once both have installed everything."""
+    """Start the userspace data plane in sites 1 and 2 with one SA pair between their LANs (plus
+    ``extra_subnets`` of each site) and routes to the peer's; returns once both have installed
+    everything."""
     site_a, site_b = topology.sites[0], topology.sites[1]
+    subnets_a = [str(site_a.lan), *extra_subnets[0]]
+    subnets_b = [str(site_b.lan), *extra_subnets[1]]
     sas_a, sas_b = manual_tunnel(
-        site_a.underlay_ip,
-        [str(site_a.lan)],
-        site_b.underlay_ip,
-        [str(site_b.lan)],
-        cipher=cipher,
-        lifetime=lifetime,
+        site_a.underlay_ip, subnets_a, site_b.underlay_ip, subnets_b, cipher=cipher, lifetime=lifetime
     )
     started = []
-    for site, sas, peer in ((site_a, sas_a, site_b), (site_b, sas_b, site_a)):
+    for site, sas, peer_subnets in ((site_a, sas_a, subnets_b), (site_b, sas_b, subnets_a)):
         lab = topology.lab
         status_path = lab.path("trellis", f"{site.name}-status.json")
         keylog_path = lab.path("trellis", f"{site.name}-esp_sa") if keylog else None
@@ -106,7 +105,7 @@ def start_trellis_tunnel(
                 "keylog_path": str(keylog_path) if keylog_path else None,
                 **(dataplane or {}),
             },
-            "routes": [str(peer.lan)],
+            "routes": peer_subnets,
             "sas": [sa_to_json(params) for params in sas],
             "status_path": str(status_path),
             "status_interval": status_interval,

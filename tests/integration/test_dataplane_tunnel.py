@@ -7,17 +7,19 @@ counters behave, and port 4500 is shared with IKE.
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 import textwrap
+from collections.abc import Callable
 
 import pytest
 
 from bench.throughput_trellis import TrellisTunnel, expected_keylog_rows, start_trellis_tunnel
 from trellis.agent.esp.constants import Cipher
 from trellis.agent.esp.sa import Lifetime
-from trellis.lab.netns import Netns
+from trellis.lab.netns import Lab, Netns
 from trellis.lab.process import wait_until
-from trellis.lab.topology import StandardTopology
+from trellis.lab.topology import StandardTopology, build_standard_topology
 from trellis.lab.tshark import decode, start_capture
 
 pytestmark = pytest.mark.netns
@@ -43,7 +45,8 @@ TRANSFER = textwrap.dedent(
             got += len(chunk)
         return got, digest.hexdigest()
     if role == "server":
-        listener = socket.create_server((address, port))
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        listener = socket.create_server((address, port), family=family)
         print("listening", flush=True)
         conn, _ = listener.accept()
         got, digest = receive_exactly(conn, size)
@@ -244,3 +247,37 @@ def test_keepalives_and_bad_datagrams_are_counted(topology: StandardTopology, tu
     inbound = next(sa for sa in status["sas"] if sa["direction"] == "in")
     assert inbound["drops"] == {"authentication": 1}
     assert topology.sites[0].hosts[0].netns.ping(str(topology.sites[1].hosts[0].ip), count=1)
+
+
+def dad_done(ns: Netns) -> Callable[[], bool]:
+    return lambda: "tentative" not in ns.ip("-6", "addr")
+
+
+def test_ipv6_lans_over_an_ipv4_underlay() -> None:
+    """Inner IPv6 packets in the same tunnel (next header 41), alongside IPv4."""
+    with Lab(ipv6=True) as lab:
+        topology = build_standard_topology(lab, sites=2)
+        lans = []
+        for site in topology.sites[:2]:
+            lan = ipaddress.IPv6Network(f"fd00:{site.index}::/64")
+            gateway = ipaddress.IPv6Interface(f"{lan.network_address + 1}/64")
+            site.netns.ip("addr", "add", str(gateway), "dev", site.lan_if, "nodad")
+            host = site.hosts[0]
+            host.netns.ip("addr", "add", f"{lan.network_address + 10}/64", "dev", "eth0", "nodad")
+            host.netns.add_route("default", via=gateway.ip)
+            lans.append(str(lan))
+        for ns in [site.netns for site in topology.sites] + [site.hosts[0].netns for site in topology.sites]:
+            # neighbour discovery needs the link-local addresses past duplicate address detection
+            wait_until(f"DAD in {ns.role}", dad_done(ns), timeout=10)
+        tunnel = start_trellis_tunnel(topology, extra_subnets=([lans[0]], [lans[1]]))
+        host_a = topology.sites[0].hosts[0]
+        target = str(ipaddress.IPv6Network(lans[1]).network_address + 10)
+        assert host_a.netns.ping(target, count=3)
+        server_verdict, client_verdict = transfer(
+            topology, host_a.netns, topology.sites[1].hosts[0].netns, target
+        )
+        assert server_verdict.endswith(" OK") and client_verdict.endswith(" OK")
+        assert host_a.netns.ping(str(topology.sites[1].hosts[0].ip), count=1)  # IPv4 still flows
+        status = tunnel.b.fresh_status()
+        assert status["drops"].get("selector", 0) == 0 and status["drops"].get("malformed", 0) == 0
+        assert all(sa["packets"] > 100 for sa in status["sas"])

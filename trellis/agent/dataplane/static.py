@@ -187,7 +187,7 @@ async def run(config: dict[str, Any]) -> None:
             await dataplane.add_route(ipaddress.ip_network(prefix))
 
         async def report() -> None:
-            if status_path is not None:
+            if status_path is not None and not dataplane.failed:
                 extra = {
                     "events": [
                         {

@@ -51,7 +51,7 @@ ROLES = ("outbound", "inbound")
 
 def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class Worker:
@@ -207,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-fd", type=int, required=True)
     args = parser.parse_args(argv)
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller decides when we stop
+    # The controller decides when we stop (a signal to the whole process group must not kill
+    # the workers before their controller): Stop, the control socket closing, or its death.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     udp = socket.socket(fileno=args.udp_fd)
     control = socket.socket(fileno=args.control_fd)
     control.setblocking(True)
