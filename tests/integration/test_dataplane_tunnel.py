@@ -8,6 +8,8 @@ counters behave, and port 4500 is shared with IKE.
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import sys
 import textwrap
 from collections.abc import Callable
@@ -281,3 +283,43 @@ def test_ipv6_lans_over_an_ipv4_underlay() -> None:
         status = tunnel.b.fresh_status()
         assert status["drops"].get("selector", 0) == 0 and status["drops"].get("malformed", 0) == 0
         assert all(sa["packets"] > 100 for sa in status["sas"])
+
+
+# The data plane with a worker killed under it: it must fail closed and say so.
+WORKER_DEATH = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from trellis.agent.dataplane.backend import DataplaneError
+    from trellis.agent.dataplane.userspace import UserspaceConfig, UserspaceDataplane
+    async def main():
+        config = UserspaceConfig(tun_name="trellis0", listen_address=sys.argv[1])
+        async with UserspaceDataplane(config) as dp:
+            children = open(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read().split()
+            print("workers", *children, flush=True)
+            for _ in range(200):
+                if dp.failed:
+                    break
+                await asyncio.sleep(0.05)
+            print("failed:", dp.failed, flush=True)
+            try:
+                await dp.counters()
+            except DataplaneError as error:
+                print("refused:", error, flush=True)
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_dead_worker_fails_the_data_plane_closed(topology: StandardTopology) -> None:
+    site = topology.sites[0]
+    process = topology.lab.start(
+        site.netns, [sys.executable, "-c", WORKER_DEATH, str(site.underlay_ip)], name="worker-death"
+    )
+    wait_until("the workers", lambda: "workers" in process.output() or process.poll() is not None, timeout=30)
+    workers = [int(pid) for pid in process.output().split("workers", 1)[1].split("\n", 1)[0].split()]
+    assert len(workers) == 2
+    os.kill(workers[1], signal.SIGKILL)
+    process.wait(20)
+    output = process.output()
+    assert "failed: inbound worker exited (-9)" in output
+    assert "refused: inbound worker exited (-9)" in output
