@@ -6,8 +6,10 @@ import dataclasses
 import ipaddress
 import struct
 
+from trellis.agent.dataplane.hooks import ALLOW, Verdict
 from trellis.agent.esp import Cipher, Direction, Lifetime, Mode, SaParams, TrafficSelector
 from trellis.agent.esp.inet import checksum, pseudo_header_sum, set_ipv4_checksum
+from trellis.agent.esp.transforms import Buffer
 
 TCP_SYN = 0x02
 TCP_ACK = 0x10
@@ -162,3 +164,12 @@ def pair(
         remote_address=out.local_address,
     )
     return out, inbound
+
+
+class DropPort(dict[str, int]):
+    """A filter that refuses one destination port (picklable, as the workers need)."""
+
+    def check(self, packet: Buffer, direction: Direction, now: float) -> Verdict:
+        if packet[9] in (6, 17) and struct.unpack_from(">H", packet, 22)[0] == self["port"]:
+            return Verdict(allowed=False, reason=f"port {self['port']} {direction}")
+        return ALLOW

@@ -9,9 +9,8 @@ import struct
 
 import pytest
 
-from tests.unit.esp.esp_support import TCP_ACK, TCP_SYN, icmp_echo, ipv4, pair, tcp4, udp4
+from tests.unit.esp.esp_support import TCP_ACK, TCP_SYN, DropPort, icmp_echo, ipv4, pair, tcp4, udp4
 from trellis.agent.dataplane.engine import EngineConfig, InboundEngine, OutboundEngine
-from trellis.agent.dataplane.hooks import ALLOW, Verdict
 from trellis.agent.dataplane.packets import (
     GSO_TCPV4,
     PLAIN_VNET_HEADER,
@@ -103,15 +102,6 @@ def test_longest_prefix_then_selectors_then_newest() -> None:
     assert spi_for(udp4("10.1.0.5", "10.2.5.9")) == 0x5000  # make before break
     out.remove(0x5000)
     assert spi_for(udp4("10.1.0.5", "10.2.5.9")) == 0x3000
-
-
-class DropPort(dict[str, int]):
-    """A filter that refuses one destination port (picklable, as the workers need)."""
-
-    def check(self, packet: Buffer, direction: Direction, now: float) -> Verdict:
-        if packet[9] in (6, 17) and struct.unpack_from(">H", packet, 22)[0] == self["port"]:
-            return Verdict(allowed=False, reason=f"port {self['port']} {direction}")
-        return ALLOW
 
 
 def test_policy_filter_in_both_directions() -> None:

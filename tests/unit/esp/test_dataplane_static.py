@@ -8,8 +8,7 @@ import pickle
 
 import pytest
 
-from tests.unit.esp.esp_support import pair, udp4
-from tests.unit.esp.test_dataplane_engine import DropPort
+from tests.unit.esp.esp_support import DropPort, pair, udp4
 from trellis.agent.dataplane.backend import DataplaneBackend
 from trellis.agent.dataplane.static import (
     ConfigError,

@@ -128,6 +128,7 @@ class UdpReceiver:
         self.gro = enable_gro(sock) if gro else False
         self._buffer = bytearray(RECEIVE_BUFFER)
         self._view = memoryview(self._buffer)
+        self.calls = 0
 
     def receive(self) -> tuple[list[memoryview], Endpoint] | None:
         """The datagrams of one recvmsg (views into a buffer reused by the next call) and
@@ -136,6 +137,7 @@ class UdpReceiver:
             length, ancillary, _flags, source = self.sock.recvmsg_into([self._buffer], _CMSG_SPACE)
         except BlockingIOError:
             return None
+        self.calls += 1
         segment = length
         for level, kind, data in ancillary:
             if level == SOL_UDP and kind == UDP_GRO and len(data) >= _GRO_SIZE.size:

@@ -116,6 +116,8 @@ class Worker:
                     udp_send_calls=self.sender.sent_calls,
                     esp_tx_dropped=self.sender.dropped,
                 )
+            if self.receiver is not None:
+                traffic["udp_recv_calls"] = self.receiver.calls
             return Reply(
                 request_id=request.request_id,
                 counters=Counters(
