@@ -110,12 +110,19 @@ def control_pair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-def send_message(sock: socket.socket, message: Message) -> None:
-    """Send one message whole (SOCK_SEQPACKET keeps record boundaries)."""
+def send_message(sock: socket.socket, message: Message, *, wait: bool = True) -> bool:
+    """Send one message whole (SOCK_SEQPACKET keeps record boundaries). With ``wait`` False,
+    drop it (returning False) rather than wait for room in the socket buffer."""
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     if len(data) > MAX_MESSAGE:
         raise ValueError(f"control message of {len(data)} bytes")
-    sock.send(data)
+    try:
+        sock.send(data, 0 if wait else socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        if wait:
+            raise
+        return False
+    return True
 
 
 def decode_message(data: bytes) -> Message:

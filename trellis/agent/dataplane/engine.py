@@ -136,6 +136,7 @@ class OutboundEngine:
             self._collect(sa)
         for sa in self.table.forget_expired():
             self._mtu.pop(sa.spi, None)
+            self._endpoint.pop(sa.spi, None)
 
     def _collect(self, sa: OutboundSa | InboundSa) -> None:
         if sa.has_events:

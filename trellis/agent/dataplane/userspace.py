@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 10.0  # seconds a worker may take to answer a command
 WORKER_START_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
+EXIT_CODE_WAIT = 1.0
 MAX_CONTROL_MESSAGE = 1 << 20
 ROLES = ("outbound", "inbound")
 
@@ -278,7 +279,11 @@ class UserspaceDataplane:
         asyncio.get_running_loop().remove_reader(handle.control.fileno())
         if self._closing:
             return
-        self._failed = f"{handle.role} worker exited ({handle.process.poll()}) {error or ''}".strip()
+        try:  # it closed its end: it is exiting; a moment to learn how (a fatal path only)
+            code: int | None = handle.process.wait(EXIT_CODE_WAIT)
+        except subprocess.TimeoutExpired:
+            code = None
+        self._failed = f"{handle.role} worker exited ({code}) {error or ''}".strip()
         log.error("userspace data plane failed: %s", self._failed)
         for future in handle.pending.values():
             if not future.done():

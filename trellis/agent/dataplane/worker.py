@@ -198,7 +198,9 @@ class Worker:
             with contextlib.suppress(BlockingIOError):
                 os.writev(tun_fd, iov)
         for message, source in engine.take_ike():
-            send_message(self.control, IkeDatagram(message=message, source=source))
+            # never stall the data path on a busy controller: IKE retransmits
+            if not send_message(self.control, IkeDatagram(message=message, source=source), wait=False):
+                engine.stats.traffic["ike_dropped"] += 1
         self.report_events(engine)
 
 
