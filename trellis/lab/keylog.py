@@ -3,7 +3,8 @@
 Debian's strongSwan lacks the save-keys plugin, but at log level 4 charon's keymat_v2.c dumps
 what it derives: ``Sk_ei secret => 36 bytes @ 0x...`` (IKE SA keys, RFC 7296 section 2.14) and
 ``encryption initiator key => ...`` (CHILD SA keys, section 2.17), each followed by hex-dump lines.
-A CHILD SA's keys are followed by ``CHILD_SA NAME{N} established with SPIs IN_i OUT_o``.
+A CHILD SA's keys are followed by ``CHILD_SA NAME{N} established with SPIs IN_i OUT_o`` (after a
+rekey: ``inbound CHILD_SA ...`` then ``outbound CHILD_SA ...``, the make-before-break steps).
 
 Which key protects which direction depends on who initiated the exchange that created the CHILD
 SA: the initiator's key protects initiator->responder traffic. Exchanges of one IKE SA are
@@ -24,7 +25,8 @@ _DUMP_HEAD = re.compile(r"^(?P<label>.+?) => (?P<length>\d+) bytes @ 0x[0-9a-f]+
 _DUMP_LINE = re.compile(r"^\s*(?P<offset>\d+): (?P<rest>.*)$")
 _PARSED = re.compile(r"^parsed \S+ (?P<kind>request|response) \d+")
 _ESTABLISHED = re.compile(
-    r"^CHILD_SA (?P<name>\S+)\{(?P<uid>\d+)\} established with SPIs (?P<in>[0-9a-f]+)_i (?P<out>[0-9a-f]+)_o"
+    r"^(?:inbound |outbound )?CHILD_SA (?P<name>\S+)\{(?P<uid>\d+)\} established "
+    r"with SPIs (?P<in>[0-9a-f]+)_i (?P<out>[0-9a-f]+)_o"
 )
 _IKE_KEYS = {
     "Sk_ei secret": "sk_ei",

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Auth = Literal["pubkey", "psk"]
+# "trap" installs the policy and waits for traffic, but kernel-libipsec (5.9.8) raises no acquire:
+# it drops the packets ("could not find an outbound IPsec SA"). Initiators here use "start".
 StartAction = Literal["none", "trap", "start"]
 Fragmentation = Literal["yes", "no", "accept", "force"]
 SendCert = Literal["always", "ifasked", "never"]

@@ -18,8 +18,9 @@ from trellis.lab.process import BackgroundProcess, LabError, run
 
 TSHARK = "tshark"
 CAPTURE_START_TIMEOUT = 10.0
-# After the last packet of interest, give the capture a moment to write it before stopping.
-CAPTURE_SETTLE = 0.3
+# libpcap hands packets over in blocks (TPACKET_V3) when a block fills or times out; a stop
+# right after the last packet of interest can lose the open block, so wait before stopping.
+CAPTURE_SETTLE = 0.5
 DECODE_TIMEOUT = 120.0
 
 # Wireshark's names (packet-esp.c, packet-isakmp.c) for the algorithms strongSwan reports
@@ -227,7 +228,9 @@ def start_capture(
         argv += ["-s", str(snaplen)]
     process = lab.start(netns, argv, name=f"capture-{name}")
     deadline = time.monotonic() + CAPTURE_START_TIMEOUT
-    while "Capturing on" not in process.output():
+    # tshark prints "Capturing on" before dumpcap has opened the interface; "Capture started"
+    # comes once dumpcap writes the file, with the socket and its filter in place.
+    while "Capture started" not in process.output():
         if process.poll() is not None:
             raise LabError(f"tshark exited at start\n{process.output_tail()}")
         if time.monotonic() >= deadline:
