@@ -74,11 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--ping-count", type=int, default=20)
     parser.add_argument("--profile", type=Path, help="py-spy profiles of the Trellis workers into DIR")
-    parser.add_argument("--no-tso", action="store_true", help="Trellis without TSO on the TUN device")
+    parser.add_argument("--tso", action="store_true", help="Trellis with TSO on the TUN device")
     parser.add_argument("--no-gro", action="store_true", help="Trellis without GRO on the TUN device")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    options = {"tso": not args.no_tso, "gro": not args.no_gro}
+    options = {"tso": args.tso, "gro": not args.no_gro}
     rounds: list[Round] = []
     for i in range(args.rounds):
         rounds.append(measure_strongswan(args.seconds, args.ping_count))

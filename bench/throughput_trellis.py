@@ -74,7 +74,7 @@ def start_trellis_tunnel(
     topology: StandardTopology,
     *,
     cipher: Cipher = Cipher.AES_GCM_16,
-    tso: bool = True,
+    tso: bool = False,
     gro: bool = True,
     keylog: bool = False,
     lifetime: Lifetime | None = None,

@@ -7,7 +7,7 @@ config (keep it 0600: it holds keys)::
 
     {
       "dataplane": {"tun_name": "trellis0", "listen_address": "192.0.2.1", "underlay_mtu": 1500,
-                    "tso": true, "gro": true, "keylog_path": null},
+                    "gro": true, "keylog_path": null},
       "routes": ["10.2.0.0/24"],
       "sas": [{"spi": "0x1000", "direction": "out", "cipher": "AES_GCM_16", "key": "<hex>",
                "local_ts": ["10.1.0.0/24"], "remote_ts": ["10.2.0.0/24"],

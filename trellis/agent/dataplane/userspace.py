@@ -77,8 +77,10 @@ ROLES = ("outbound", "inbound")
 
 @dataclass(frozen=True, slots=True)
 class UserspaceConfig:
-    """``tso``: take TCP super-packets from the TUN device and segment them here; ``gro``: merge
-    received TCP segments into super-packets for the TUN device (see EngineConfig);
+    """``gro``: merge received TCP segments into super-packets for the TUN device (see
+    EngineConfig); ``tso``: take TCP super-packets from the TUN device and segment them here (off
+    by default: in Python the per-segment checksums cost more than the kernel's segmentation and
+    the extra reads, see bench/throughput.py --tso);
     ``udp_gso``/``udp_gro``: batch UDP sends/receives. ``tun_addresses``: optional addresses on
     the TUN device (also the source of our ICMP errors). ``keylog_path``: write Wireshark
     esp_sa rows (off: None)."""
@@ -87,7 +89,7 @@ class UserspaceConfig:
     listen_address: str = "0.0.0.0"
     listen_port: int = 4500
     underlay_mtu: int = 1500
-    tso: bool = True
+    tso: bool = False
     gro: bool = True
     gro_verify_checksums: bool = True
     udp_gso: bool = True
