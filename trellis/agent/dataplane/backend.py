@@ -1,0 +1,53 @@
+"""What a data-plane backend offers the agent: the userspace one now, kernel XFRM later.
+
+Kept small on purpose so that both fit: SAs in and out, routes in and out, counters, and the
+port-4500 socket shared with IKE (which the backend owns in both cases: userspace reads it for
+ESP, the kernel backend sets UDP_ENCAP on it and the kernel takes the ESP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from trellis.agent.dataplane.counters import DataplaneCounters
+from trellis.agent.esp.constants import Direction
+from trellis.agent.esp.sa import LifetimeEvent, SaParams
+from trellis.agent.esp.selectors import IPNetwork
+
+Endpoint = tuple[str, int]
+# Called in the event loop with an IKE message (non-ESP marker removed) and its sender.
+IkeHandler = Callable[[bytes, Endpoint], None]
+# Called in the event loop when an SA reaches a soft (rekey) or hard (dead) lifetime limit.
+EventHandler = Callable[[LifetimeEvent], None]
+
+
+class DataplaneError(RuntimeError):
+    """The backend cannot do what was asked, or has failed (e.g. a worker died)."""
+
+
+class DataplaneBackend(Protocol):
+    async def install_sa(self, params: SaParams) -> None:
+        """Install one direction of a CHILD SA; returns once packets use it."""
+        ...
+
+    async def remove_sa(self, spi: int, direction: Direction) -> None: ...
+
+    async def add_route(self, prefix: IPNetwork) -> None:
+        """Send traffic for ``prefix`` into the tunnel device (dropped while no SA covers it,
+        so it never leaks in clear)."""
+        ...
+
+    async def remove_route(self, prefix: IPNetwork) -> None: ...
+
+    async def counters(self) -> DataplaneCounters: ...
+
+    def send_ike(self, message: bytes, destination: Endpoint) -> bool:
+        """Send an IKE message from port 4500 (the non-ESP marker is added); False if dropped."""
+        ...
+
+    def send_keepalive(self, destination: Endpoint) -> bool:
+        """Send a NAT-keepalive (RFC 3948 section 2.3) from port 4500."""
+        ...
+
+    async def close(self) -> None: ...
