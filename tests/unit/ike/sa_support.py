@@ -267,17 +267,16 @@ def pair(
     """Site a (initiator, 192.0.2.1, LAN 10.1/24) and site b (responder, 198.51.100.1, 10.2/24),
     certificates from one CA; ``peer_a``/``peer_b`` override fields of each side's PeerConfig."""
     net = Network()
-    config_a = cert_peer(
-        "b", ADDRESS_B, remote_id=identity("b"), children=(child_a or child(),), **(peer_a or {})
-    )
+    config_a = cert_peer("b", ADDRESS_B, remote_id=identity("b"), children=(child_a or child(),))
     config_b = cert_peer(
         "a",
         ADDRESS_A,
         remote_id=identity("a"),
         children=(child_b or child(local=(LAN_B,), remote=(LAN_A,)),),
         initiate=False,
-        **(peer_b or {}),
     )
+    config_a = replace(config_a, **(peer_a or {}))
+    config_b = replace(config_b, **(peer_b or {}))
     a = net.add("a", ADDRESS_A, peers=[config_a], credentials=issue("a", key_kind=key_a), settings=settings)
     b = net.add("b", ADDRESS_B, peers=[config_b], credentials=issue("b", key_kind=key_b), settings=settings)
     return net, a, b
@@ -285,3 +284,18 @@ def pair(
 
 def with_changes(peer: PeerConfig, **changes: object) -> PeerConfig:
     return replace(peer, **changes)  # type: ignore[arg-type]
+
+
+def assert_consistent(a: Node, b: Node, *, children: int = 1) -> None:
+    """Each side holds exactly one established IKE SA, the same one, with ``children`` CHILD SAs
+    whose SPIs mirror each other."""
+    sas_a = [s for s in a.engine.status() if s.state == "established"]
+    sas_b = [s for s in b.engine.status() if s.state == "established"]
+    assert len(sas_a) == 1 and len(sas_b) == 1, (a.engine.status(), b.engine.status())
+    (sa_a,), (sa_b,) = sas_a, sas_b
+    assert (sa_a.spi_i, sa_a.spi_r) == (sa_b.spi_i, sa_b.spi_r)
+    assert len(a.engine.status()) == len(b.engine.status()) == 1, "leftover IKE SAs"
+    pairs_a = sorted((c.inbound_spi, c.outbound_spi) for c in sa_a.children)
+    pairs_b = sorted((c.outbound_spi, c.inbound_spi) for c in sa_b.children)
+    assert len(pairs_a) == children and pairs_a == pairs_b
+    assert all(c.state == "installed" for c in (*sa_a.children, *sa_b.children))

@@ -36,6 +36,7 @@ from trellis.agent.ike.cookies import CookieJar
 from trellis.agent.ike.crypto.certs import RevocationCheck
 from trellis.agent.ike.errors import IkeLocalError, IkePeerError, InvalidIkeSpi, MalformedMessage
 from trellis.agent.ike.events import ChildSaDeleted, DownReason, Event, IkeSaId
+from trellis.agent.ike.exchanges.authn import credential_expiry
 from trellis.agent.ike.exchanges.create_child import CreateChild
 from trellis.agent.ike.exchanges.init import IkeSaInit, answer_ike_sa_init, cookie_response, request_cookie
 from trellis.agent.ike.exchanges.rekey_ike import RekeyIke
@@ -114,10 +115,19 @@ class IkeEngine:
     def peers(self) -> Mapping[str, PeerConfig]:
         return dict(self._peers)
 
-    def set_credentials(self, name: str, credentials: CertificateCredentials) -> None:
-        """Install or replace a certificate credential (a renewed certificate takes effect for new
-        exchanges at once; live IKE SAs re-authenticate before the old one expires)."""
+    def set_credentials(
+        self, name: str, credentials: CertificateCredentials, now: float | None = None
+    ) -> None:
+        """Install or replace a certificate credential. New exchanges use it at once; live IKE SAs
+        re-authenticate with it before the old certificate expires, or right away (given ``now``)
+        if their re-authentication was already due and put off for want of a new certificate."""
         self._credentials[name] = credentials
+        if now is None:
+            return
+        for sa in list(self._sas.values()):
+            if sa.reauth_deferred and sa.state == IkeState.ESTABLISHED:
+                sa.reauth_deferred = False
+                self.reauthenticate(sa, now)
 
     def set_revocation_check(self, check: RevocationCheck) -> None:
         self._is_revoked = check
@@ -186,7 +196,22 @@ class IkeEngine:
             return
         if any(other.reauth_of is sa and other.state in _LIVE for other in self._sas.values()):
             return
+        if self._own_certificate_limits(sa, peer):
+            sa.reauth_deferred = True  # until set_credentials brings a renewed certificate
+            return
         self._initiate(peer, now, reauth_of=sa)
+
+    def _own_certificate_limits(self, sa: IkeSa, peer: PeerConfig) -> bool:
+        """Our certificate bounds the SA and has not been renewed: re-authenticating would buy
+        nothing."""
+        current = credential_expiry(self, peer)
+        mine, theirs = sa.credential_not_after, sa.peer_auth.not_after if sa.peer_auth else None
+        return (
+            current is not None
+            and mine is not None
+            and current <= mine
+            and (theirs is None or mine <= theirs)
+        )
 
     def reauth(self, ike_sa: IkeSaId, now: float) -> None:
         self.reauthenticate(self._established(ike_sa), now)

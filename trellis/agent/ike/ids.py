@@ -8,6 +8,7 @@ CN=branch-a"), an IP address, ``user@domain`` (ID_RFC822_ADDR), ``@name`` or a b
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -15,6 +16,9 @@ from cryptography import x509
 from trellis.agent.ike.constants import IdType
 from trellis.agent.ike.crypto.names import parse_der_name
 from trellis.agent.ike.errors import IkeLocalError
+
+# strongSwan writes "O=example.org, OU=site, CN=a"; RFC 4514 has no spaces around separators.
+_SEPARATOR_SPACES = re.compile(r"\s*(?<!\\)([,+])\s*")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,8 +36,9 @@ def parse_ike_id(text: str) -> IkeId:
     if not value:
         raise IkeLocalError("an identity cannot be empty")
     if "=" in value:
+        compact = _SEPARATOR_SPACES.sub(lambda m: m.group(1), value)
         try:
-            written = x509.Name.from_rfc4514_string(value)
+            written = x509.Name.from_rfc4514_string(compact)
         except ValueError as e:
             raise IkeLocalError(f"{value!r} is not a distinguished name: {e}") from None
         # from_rfc4514_string reads RFC 4514's last-RDN-first order; strongSwan writes DNs in

@@ -209,6 +209,7 @@ class IkeSa:
         # lifecycle links
         self.reauth_of: IkeSa | None = None
         self.reauth_allowed = True
+        self.reauth_deferred = False
         self.successor: IkeSa | None = None
         self.rekey_collision: IkeRekeyCollision | None = None
         self.delete_reason = DownReason.DELETED

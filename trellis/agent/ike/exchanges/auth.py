@@ -54,6 +54,10 @@ def _record_auth(sa: IkeSa, peer_auth: PeerAuth | None) -> None:
     known = [b for b in bounds if b is not None]
     sa.credential_not_after = bounds[0]
     sa.auth_expires = min(known) if known else None
+    old = sa.reauth_of
+    if old is not None and old.auth_expires is not None and sa.auth_expires is not None:
+        # A re-authentication that bought no time must not trigger another one.
+        sa.reauth_allowed = sa.auth_expires > old.auth_expires
 
 
 class IkeAuth:
