@@ -26,7 +26,7 @@ from trellis.agent.ike.config import (
     Lifetime,
     PeerConfig,
 )
-from trellis.agent.ike.constants import NAT_KEEPALIVE, ExchangeType, NotifyType
+from trellis.agent.ike.constants import NAT_KEEPALIVE, ExchangeType, NotifyType, PayloadType
 from trellis.agent.ike.crypto.aead import SkAead, sk_aeads
 from trellis.agent.ike.crypto.dh import KeyExchange
 from trellis.agent.ike.crypto.keylog import ikev2_decryption_table_line
@@ -55,7 +55,7 @@ from trellis.agent.ike.events import (
     PeerDead,
 )
 from trellis.agent.ike.fragments import FragmentReassembler, decrypt_fragment, encrypt_message_fragments
-from trellis.agent.ike.message import IkeHeader, Message, decode_message
+from trellis.agent.ike.message import IkeHeader, Message, decode_message, open_message
 from trellis.agent.ike.payloads import EncryptedFragment, Notify, Payload
 from trellis.agent.ike.states import (
     IKE_ACTIONS,
@@ -385,8 +385,8 @@ class IkeSa:
     def _open(self, data: bytes, reassembler: FragmentReassembler) -> Message | None:
         if self._aead_in is None:
             raise MalformedMessage("a protected message before we have keys")
-        outer = decode_message(data)
-        if outer.payloads and isinstance(outer.payloads[-1], EncryptedFragment):
+        _, first_payload, _ = open_message(data)
+        if first_payload == PayloadType.SKF:
             return reassembler.receive(data, aead=self._aead_in)
         return decrypt_message(data, aead=self._aead_in)
 
