@@ -10,7 +10,7 @@ repr(), so events can be logged as they are.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from trellis.agent.ike.config import Address
 from trellis.agent.ike.crypto.suites import EspSuite
@@ -188,3 +188,31 @@ Event = (
     | ChildSaDeleted
     | ChildSaFailed
 )
+
+
+def _plain(value: object) -> object:
+    from trellis.agent.ike.selectors import format_selector
+
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, IkeSaId | EspSuite):
+        return str(value)
+    if isinstance(value, TrafficSelector):
+        return format_selector(value)
+    if isinstance(value, ChildSaParams):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if f.repr}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def event_record(event: Event) -> dict[str, object]:
+    """A JSON-ready description of an event, for logs and scripts: no key material (the fields
+    kept out of repr() are left out here too)."""
+    record: dict[str, object] = {"event": type(event).__name__}
+    for f in fields(event):
+        if f.repr:
+            record[f.name] = _plain(getattr(event, f.name))
+    return record
