@@ -378,6 +378,7 @@ def parse_static_config(text: str, *, base: Path) -> StaticConfig:
             "keylog",
             "status_file",
             "events_file",
+            "fragment_size",
             "credentials",
             "peers",
             "cookie_threshold",
@@ -407,6 +408,8 @@ def parse_static_config(text: str, *, base: Path) -> StaticConfig:
             )
         except IkeLocalError as e:
             raise retransmit.fail(str(e)) from None
+    if root.has("fragment_size"):
+        settings_options["fragment_size"] = root.child("fragment_size").integer(576, 65535)
     if root.has("cookie_threshold"):
         settings_options["cookie_threshold"] = root.child("cookie_threshold").integer(0, 1_000_000)
     try:
