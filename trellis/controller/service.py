@@ -386,20 +386,27 @@ class ControllerService:
         return site
 
     async def get_site(self, caller: Caller, name: str) -> SiteView:
-        site = await self.store.call(Store.get_site, name)
-        if site is None:
-            raise NotFound(f"no site {name!r}")
+        async with self._refusals_audited(caller, "site.show", name):
+            site = await self.store.call(Store.get_site, name)
+            if site is None:
+                raise NotFound(f"no site {name!r}")
+        await self.audit(caller.actor, "site.show", name, "ok")
         certificates = await self.store.call(Store.certificates_of, name)
         return SiteView(site=site, certificates=tuple(certificates), connected=self.hub.is_connected(name))
 
+    # Reads are audited too: who looked at the inventory is part of the record.
+
     async def list_sites(self, caller: Caller) -> list[SiteView]:
+        await self.audit(caller.actor, "site.list", "", "ok")
         sites = await self.store.call(Store.list_sites)
         return [SiteView(site=s, certificates=(), connected=self.hub.is_connected(s.name)) for s in sites]
 
     async def list_audit(self, caller: Caller, *, limit: int, before_id: int) -> list[AuditRecord]:
+        await self.audit(caller.actor, "audit.list", "", "ok")
         return await self.store.call(Store.list_audit, limit=limit or 100, before_id=before_id)
 
     async def status(self, caller: Caller) -> Status:
+        await self.audit(caller.actor, "status", "", "ok")
         sites = await self.store.call(Store.list_sites)
         return Status(
             version=__version__,

@@ -214,6 +214,7 @@ def test_an_operator_session(tmp_path: Path, processes: list[Process]) -> None:
     seen = {(e["action"], e["outcome"]) for e in audit}
     assert {("site.add", "ok"), ("site.add", "refused"), ("enroll", "ok"), ("site.revoke", "ok")} <= seen
     assert ("token.create", "refused") in seen
+    assert ("site.list", "ok") in seen  # reads are audited too
 
     # A restarted agent without its controller starts from its stored map.
     controller.stop()

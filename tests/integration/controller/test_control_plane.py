@@ -12,8 +12,10 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.support.controlplane import Controller, MovableClock, enroll_agent, start_agent
+from tests.support.postgres import fresh_database
 from trellis.agent.control.client import CHANNEL_OPTIONS, ConnectionState, ControlError
 from trellis.agent.control.state import StateDir
 from trellis.controller.ca import CertificateAuthority
@@ -345,3 +347,59 @@ async def test_agents_reconnect_after_a_controller_restart_and_nothing_is_lost(
     assert audit_after[-len(audit_before) :] == audit_before
     for agent in agents:
         await agent.shutdown()
+
+
+async def test_both_listeners_serve_grpc_health(controller: Controller) -> None:
+    ca_pem = controller.authority.certificate.public_bytes(serialization.Encoding.PEM)
+    anonymous = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    async with grpc.aio.secure_channel(
+        controller.enroll_address, anonymous, options=CHANNEL_OPTIONS
+    ) as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+    async with controller.admin_channel() as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.postgres
+async def test_replicas_sharing_postgresql_see_each_others_changes(
+    tmp_path: Path, postgres_server_url: str
+) -> None:
+    clock = MovableClock()
+    authority = CertificateAuthority.create("example.org", now=clock())
+    with fresh_database(postgres_server_url) as url:
+        first = Controller(authority=authority, store_url=url, clock=clock)
+        second = Controller(authority=authority, store_url=url, clock=clock)
+        await first.start()
+        await second.start()
+        try:
+            agents = {}
+            for i, name in enumerate(("a", "b")):
+                token = await first.add_site(name, f"10.{i + 1}.0.0/24")
+                agents[name] = start_agent(await enroll_agent(first, tmp_path / name, token))
+            await agents["a"].wait_state(ConnectionState.CONNECTED)
+            await agents["b"].wait_state(ConnectionState.CONNECTED)
+            # A site added through the second replica reaches agents of the first.
+            await second.add_site("c", "10.3.0.0/24")
+
+            async def sees(name: str, peer: str) -> None:
+                while peer not in {p.name for p in (await agents[name].next_map()).peers}:
+                    pass
+
+            await asyncio.wait_for(sees("a", "c"), 3)
+            # Revocation through the second replica ends b's stream on the first, and a is told.
+            async with second.admin() as admin:
+                await admin.RevokeSite(admin_pb2.RevokeSiteRequest(name="b"))
+            await agents["b"].wait_state(ConnectionState.REVOKED, timeout=3)
+
+            async def told() -> None:
+                while "spiffe://example.org/site/b" not in (await agents["a"].next_map()).revoked_identities:
+                    pass
+
+            await asyncio.wait_for(told(), 3)
+            await agents["a"].shutdown()
+            await agents["b"].shutdown()
+        finally:
+            await first.stop()
+            await second.stop()

@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, inspect, text
 from trellis.controller.store import (
     AuditEvent,
     EndpointRecord,
+    PolicyConflict,
     SiteExists,
     SiteNotFound,
     SiteRevoked,
@@ -187,3 +188,72 @@ def test_nothing_is_lost_across_reopening(store_url: str) -> None:
     assert site is not None and site.label_map == {"k": "v"}
     assert second.count_audit() == 1
     second.close()
+
+
+def test_policy_versions_grow_and_guard_against_concurrent_applies(store: Store) -> None:
+    event = AuditEvent(actor="admin", action="policy.apply", target="", outcome="ok")
+    assert store.get_policy() is None
+    gen = store.generation()
+    first = store.add_policy(
+        yaml="a",
+        sha256="00",
+        applied_by="admin",
+        comment="",
+        rolled_back_from=None,
+        expected_version=0,
+        now=T0,
+        audit=event,
+    )
+    second = store.add_policy(
+        yaml="b",
+        sha256="11",
+        applied_by="admin",
+        comment="why",
+        rolled_back_from=None,
+        expected_version=None,
+        now=T0,
+        audit=event,
+    )
+    assert (first.version, second.version) == (1, 2)
+    assert store.generation() == gen + 2
+    with pytest.raises(PolicyConflict, match="running policy is version 2, not 1"):
+        store.add_policy(
+            yaml="c",
+            sha256="22",
+            applied_by="admin",
+            comment="",
+            rolled_back_from=None,
+            expected_version=1,
+            now=T0,
+            audit=event,
+        )
+    running = store.get_policy()
+    assert running is not None and running.yaml == "b" and running.comment == "why"
+    older = store.get_policy(1)
+    assert older is not None and older.yaml == "a"
+    assert [p.version for p in store.list_policies(limit=10)] == [2, 1]
+    assert [p.version for p in store.list_policies(limit=10, before_version=2)] == [1]
+    inputs = store.map_inputs(now=T0)
+    assert inputs.policy is not None and inputs.policy.version == 2
+    assert [e.action for e in store.list_audit()] == ["policy.apply", "policy.apply"]
+
+
+def test_a_version_1_database_upgrades_and_keeps_its_data(store_url: str) -> None:
+    engine = create_engine(store_url)
+    assert migrate(engine, now=clock, target=1) == [1]
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO sites (name, created_at, labels, subnets, revoked_at, revoke_reason,"
+                " endpoints, agent_version, applied_map_version, last_seen)"
+                " VALUES ('old', :t, '{}', '[\"10.1.0.0/24\"]', NULL, '', '[]', '', 0, NULL)"
+            ),
+            {"t": T0.replace(tzinfo=None)},
+        )
+    assert not inspect(engine).has_table("policies")
+    engine.dispose()
+    upgraded = Store.open(store_url, now=clock)  # migrates to head
+    site = upgraded.get_site("old")
+    assert site is not None and site.subnets == ("10.1.0.0/24",)
+    assert upgraded.get_policy() is None
+    upgraded.close()

@@ -6,10 +6,12 @@ from trellis.controller.store.records import (
     CertificateRecord,
     EndpointRecord,
     MapInputs,
+    PolicyRecord,
     SiteRecord,
 )
 from trellis.controller.store.store import (
     AsyncStore,
+    PolicyConflict,
     SiteExists,
     SiteNotFound,
     SiteRevoked,
@@ -26,6 +28,8 @@ __all__ = [
     "CertificateRecord",
     "EndpointRecord",
     "MapInputs",
+    "PolicyConflict",
+    "PolicyRecord",
     "SiteExists",
     "SiteNotFound",
     "SiteRecord",

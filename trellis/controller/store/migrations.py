@@ -103,8 +103,27 @@ def _v1_initial(conn: Connection) -> None:
     conn.execute(text("INSERT INTO generation (id, value) VALUES (1, 0)"))
 
 
+def _v2_policies(conn: Connection) -> None:
+    md = MetaData()
+    Table(
+        "policies",
+        md,
+        Column(
+            "version", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+        ),
+        Column("applied_at", UtcDateTime, nullable=False),
+        Column("applied_by", Text, nullable=False),
+        Column("comment", Text, nullable=False),
+        Column("sha256", String(64), nullable=False),
+        Column("yaml", Text, nullable=False),
+        Column("rolled_back_from", BigInteger, nullable=True),
+    )
+    md.create_all(conn)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "sites, certificates, tokens, audit, generation", _v1_initial),
+    Migration(2, "policy versions", _v2_policies),
 )
 
 HEAD = MIGRATIONS[-1].version

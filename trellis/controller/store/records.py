@@ -57,6 +57,17 @@ class AuditRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyRecord:
+    version: int
+    applied_at: dt.datetime
+    applied_by: str
+    comment: str
+    sha256: str
+    yaml: str
+    rolled_back_from: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class AuditEvent:
     """An audit line to write (the store assigns its id and time)."""
 
@@ -74,3 +85,4 @@ class MapInputs:
     generation: int
     sites: tuple[SiteRecord, ...]
     revoked_serials: tuple[str, ...]  # of certificates not yet expired
+    policy: PolicyRecord | None  # the running policy (None: none applied yet, default deny)

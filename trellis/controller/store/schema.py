@@ -80,6 +80,19 @@ tokens = Table(
     Column("created_by", Text, nullable=False),
 )
 
+# Every policy ever applied; the running one is the highest version.
+policies = Table(
+    "policies",
+    metadata,
+    Column("version", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+    Column("applied_at", UtcDateTime, nullable=False),
+    Column("applied_by", Text, nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("yaml", Text, nullable=False),
+    Column("rolled_back_from", BigInteger, nullable=True),
+)
+
 audit = Table(
     "audit",
     metadata,

@@ -27,6 +27,7 @@ from trellis.controller.store.records import (
     CertificateRecord,
     EndpointRecord,
     MapInputs,
+    PolicyRecord,
     SiteRecord,
 )
 
@@ -51,6 +52,10 @@ class SiteNotFound(StoreError):
 
 class SiteRevoked(StoreError):
     pass
+
+
+class PolicyConflict(StoreError):
+    """The running policy changed under the caller (another admin, another replica)."""
 
 
 class TokenRefused(StoreError):
@@ -97,6 +102,18 @@ def _site(row: Row[Any]) -> SiteRecord:
         agent_version=row.agent_version,
         applied_map_version=row.applied_map_version,
         last_seen=row.last_seen,
+    )
+
+
+def _policy(row: Row[Any]) -> PolicyRecord:
+    return PolicyRecord(
+        version=int(row.version),
+        applied_at=row.applied_at,
+        applied_by=row.applied_by,
+        comment=row.comment,
+        sha256=row.sha256,
+        yaml=row.yaml,
+        rolled_back_from=int(row.rolled_back_from) if row.rolled_back_from is not None else None,
     )
 
 
@@ -368,9 +385,89 @@ class Store:
             serials = conn.execute(
                 select(c.c.serial).where(c.c.revoked.is_(True), c.c.not_after > now).order_by(c.c.serial)
             ).scalars()
+            policy = conn.execute(
+                select(schema.policies).order_by(schema.policies.c.version.desc()).limit(1)
+            ).first()
             return MapInputs(
-                generation=int(gen), sites=tuple(_site(s) for s in sites), revoked_serials=tuple(serials)
+                generation=int(gen),
+                sites=tuple(_site(s) for s in sites),
+                revoked_serials=tuple(serials),
+                policy=_policy(policy) if policy else None,
             )
+
+    # -- policies ------------------------------------------------------------------------------
+
+    def add_policy(
+        self,
+        *,
+        yaml: str,
+        sha256: str,
+        applied_by: str,
+        comment: str,
+        rolled_back_from: int | None,
+        expected_version: int | None,
+        now: dt.datetime,
+        audit: AuditEvent,
+    ) -> PolicyRecord:
+        """Make ``yaml`` the running policy as the next version (with its audit line, in one
+        transaction). ``expected_version`` guards against two admins applying at once."""
+        p = schema.policies
+        try:
+            with self._tx() as conn:
+                current = conn.execute(select(func.max(p.c.version))).scalar_one()
+                current = int(current or 0)
+                if expected_version is not None and expected_version != current:
+                    raise PolicyConflict(
+                        f"the running policy is version {current}, not {expected_version}: "
+                        "review and apply again"
+                    )
+                record = PolicyRecord(
+                    version=current + 1,
+                    applied_at=now,
+                    applied_by=applied_by,
+                    comment=comment,
+                    sha256=sha256,
+                    yaml=yaml,
+                    rolled_back_from=rolled_back_from,
+                )
+                conn.execute(
+                    p.insert().values(
+                        version=record.version,
+                        applied_at=now,
+                        applied_by=applied_by,
+                        comment=comment,
+                        sha256=sha256,
+                        yaml=yaml,
+                        rolled_back_from=rolled_back_from,
+                    )
+                )
+                self._insert_audit(conn, audit, at=now)
+                self._bump_generation(conn)
+        except IntegrityError:  # another replica took the same version number first
+            raise PolicyConflict(
+                "another policy was applied at the same moment: review and apply again"
+            ) from None
+        return record
+
+    def get_policy(self, version: int | None = None) -> PolicyRecord | None:
+        """A policy version, or the running one."""
+        p = schema.policies
+        query = (
+            select(p).order_by(p.c.version.desc()).limit(1)
+            if version is None
+            else select(p).where(p.c.version == version)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _policy(row) if row else None
+
+    def list_policies(self, *, limit: int = 50, before_version: int = 0) -> list[PolicyRecord]:
+        p = schema.policies
+        query = select(p).order_by(p.c.version.desc()).limit(max(1, min(limit, MAX_AUDIT_PAGE)))
+        if before_version:
+            query = query.where(p.c.version < before_version)
+        with self.engine.connect() as conn:
+            return [_policy(r) for r in conn.execute(query).all()]
 
     # -- audit ---------------------------------------------------------------------------------
 
