@@ -134,12 +134,14 @@ def _of(events: list[Event], kind: type) -> list:  # type: ignore[type-arg]
 
 async def test_two_agents_in_process(sites: tuple[Path, Path]) -> None:
     events: dict[str, list[Event]] = {"a": [], "b": []}
+    esp_at_b: list[tuple[bytes, tuple[str, int]]] = []
     agents = {}
     stops = {name: asyncio.Event() for name in events}
     tasks = []
     for name, directory in zip(("a", "b"), sites, strict=True):
         config = parse_static_config((directory / "agent.yaml").read_text(), base=directory)
-        agents[name] = StaticAgent(config, on_event=events[name].append)
+        hook = (lambda packet, addr: esp_at_b.append((packet, addr))) if name == "b" else None
+        agents[name] = StaticAgent(config, on_event=events[name].append, on_esp=hook)
     for name in ("b", "a"):  # the responder listens first
         tasks.append(asyncio.create_task(agents[name].run(stops[name])))
         await asyncio.sleep(0.05)
@@ -148,6 +150,11 @@ async def test_two_agents_in_process(sites: tuple[Path, Path]) -> None:
     child_a, child_b = _of(a, ChildSaInstalled)[0].child, _of(b, ChildSaInstalled)[0].child
     assert child_a.outbound_key == child_b.inbound_key and child_a.inbound_spi == child_b.outbound_spi
     sa_id = _of(a, IkeSaUp)[0].ike_sa
+    # the data-plane seam: ESP out of a's NAT-T socket arrives at b's on_esp hook
+    esp = child_a.outbound_spi + (1).to_bytes(4, "big") + bytes(32)
+    agents["a"].shell.send_esp(esp, child_a.remote)
+    await wait_for(lambda: bool(esp_at_b))
+    assert esp_at_b == [(esp, child_b.remote)]
 
     shell_a = agents["a"].shell
     shell_a.call(lambda now: shell_a.engine.rekey_child(child_a.inbound_spi, now))

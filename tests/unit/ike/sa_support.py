@@ -171,6 +171,12 @@ class Network:
         self.filter: Filter | None = None
         self.delivered = 0
         self.log: list[tuple[float, str, Datagram]] = []
+        self.nats: dict[str, tuple[str, int]] = {}  # node -> (public address, port offset)
+
+    def nat(self, node: str, public: str, offset: int) -> None:
+        """Put ``node`` behind a NAT that maps its port p to ``public``:p+``offset`` (changing
+        ``offset`` later is a NAT rebinding)."""
+        self.nats[node] = (public, offset)
 
     def add(
         self,
@@ -215,12 +221,22 @@ class Network:
         self.log.append((self.now, sender, datagram))
         if self.filter is not None and not self.filter(sender, datagram):
             return True
-        target = self._by_address(datagram.remote[0])
+        source = (self.nodes[sender].address, datagram.local_port)
+        if sender in self.nats:  # leaving through the sender's NAT
+            public, offset = self.nats[sender]
+            source = (public, datagram.local_port + offset)
+        destination = datagram.remote
+        behind = next((name for name, (public, _) in self.nats.items() if public == destination[0]), None)
+        if behind is not None:  # arriving at a NAT: back to the node behind it, if mapped
+            offset = self.nats[behind][1]
+            destination = (self.nodes[behind].address, destination[1] - offset)
+            target: Node | None = self.nodes[behind]
+        else:
+            target = self._by_address(destination[0])
         if target is None:
             return True
-        source = (self.nodes[sender].address, datagram.local_port)
         esp = target.engine.datagram_received(
-            datagram.data, local_port=datagram.remote[1], remote=source, now=self.now
+            datagram.data, local_port=destination[1], remote=source, now=self.now
         )
         if esp is not None:
             target.received_esp.append(esp)
