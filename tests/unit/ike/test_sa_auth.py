@@ -33,8 +33,9 @@ from trellis.agent.ike.crypto.certs import (
     REASON_UNTRUSTED,
 )
 from trellis.agent.ike.events import AuthenticationFailed, DownReason, IkeSaDown, IkeSaUp
-from trellis.agent.ike.exchanges.authn import REASON_NO_PEER
+from trellis.agent.ike.exchanges.authn import REASON_NO_PEER, REASON_SUITE
 from trellis.agent.ike.ids import parse_ike_id
+from trellis.agent.ike.proposal_text import parse_ike_proposal
 
 
 def _run(net: Network, a: Node) -> None:
@@ -198,3 +199,41 @@ def test_unknown_peer_address_gets_no_answer() -> None:
     net, a, b = pair(peer_b={"remote_host": "203.0.113.9"})
     _run(net, a)
     assert not b.engine.status() and b.engine.dropped == 1
+
+
+def test_suite_allowed_for_another_peer_only() -> None:
+    """Two peers behind one address: the suite chosen at IKE_SA_INIT (from both configurations)
+    must be allowed by the one IKE_AUTH selects."""
+    chacha = (parse_ike_proposal("chacha20poly1305-prfsha256-x25519"),)
+    aes = (parse_ike_proposal("aes128gcm16-prfsha256-x25519"),)
+    net = Network()
+    a = net.add(
+        "a",
+        ADDRESS_A,
+        peers=[cert_peer("b", ADDRESS_B, remote_id=identity("b"), children=(child(),), ike_proposals=chacha)],
+        credentials=issue("a"),
+    )
+    b = net.add(
+        "b",
+        ADDRESS_B,
+        peers=[
+            cert_peer(
+                "a",
+                ADDRESS_A,
+                remote_id=identity("a"),
+                children=(child(local=(LAN_B,), remote=(LAN_A,)),),
+                initiate=False,
+                ike_proposals=aes,
+            ),
+            cert_peer(
+                "other",
+                ADDRESS_A,
+                remote_id=identity("z"),
+                children=(child(local=(LAN_B,), remote=(LAN_A,)),),
+                initiate=False,
+                ike_proposals=chacha,
+            ),
+        ],
+        credentials=issue("b"),
+    )
+    _refused_by_responder(net, a, b, REASON_SUITE)

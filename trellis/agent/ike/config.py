@@ -26,7 +26,7 @@ from trellis.agent.ike.crypto.suites import (
     SUPPORTED_PRF,
 )
 from trellis.agent.ike.errors import IkeLocalError
-from trellis.agent.ike.ids import IkeId
+from trellis.agent.ike.ids import IkeId, parse_ike_id
 from trellis.agent.ike.payloads import TrafficSelector
 
 Address = tuple[str, int]
@@ -242,6 +242,8 @@ class PeerConfig:
             raise IkeLocalError(f"peer {self.name!r} is initiated but has no CHILD SA to create")
         if isinstance(self.auth, PskAuth) and self.local_id is None:
             raise IkeLocalError(f"peer {self.name!r} uses a pre-shared key and needs a local id")
+        if isinstance(self.auth, PskAuth) and self.remote_id is not None:
+            parse_ike_id(self.remote_id)  # a PSK peer is matched by its exact ID
         if self.dpd_delay < 0 or self.keepalive_interval < 0 or self.reauth_margin < 0:
             raise IkeLocalError("dpd delay, keepalive interval and reauth margin cannot be negative")
 

@@ -38,12 +38,13 @@ from trellis.agent.ike.errors import IkeLocalError, IkePeerError, InvalidIkeSpi,
 from trellis.agent.ike.events import ChildSaDeleted, DownReason, Event, IkeSaId
 from trellis.agent.ike.exchanges.authn import credential_expiry
 from trellis.agent.ike.exchanges.create_child import CreateChild
+from trellis.agent.ike.exchanges.informational import DeleteChildren
 from trellis.agent.ike.exchanges.init import IkeSaInit, answer_ike_sa_init, cookie_response, request_cookie
 from trellis.agent.ike.exchanges.rekey_ike import RekeyIke
 from trellis.agent.ike.message import decode_header, decode_message
 from trellis.agent.ike.payloads import Nonce
 from trellis.agent.ike.proposals import first_ike_group
-from trellis.agent.ike.sa import ZERO_SPI, IkeSa
+from trellis.agent.ike.sa import ZERO_SPI, IkeSa, Timer
 from trellis.agent.ike.states import ChildInput, ChildState, IkeState, LocalAction
 from trellis.agent.ike.status import IkeSaStatus, describe_sa
 from trellis.agent.ike.udp import EspDatagram, IkeDatagram, classify_nat_t_datagram, frame_ike_for_nat_t
@@ -227,8 +228,6 @@ class IkeEngine:
         sa.start(CreateChild(child.config, rekey=child), now)
 
     def delete_child(self, inbound_spi: bytes, now: float) -> None:
-        from trellis.agent.ike.exchanges.informational import DeleteChildren
-
         sa, child = self._child(inbound_spi)
         if not child.accepts(ChildInput.START_DELETE) or not sa.accepts(LocalAction.DELETE_CHILD):
             raise IkeLocalError(f"CHILD SA {inbound_spi.hex()} cannot be deleted now")
@@ -248,8 +247,6 @@ class IkeEngine:
         section 2.4)."""
         for sa in self._sas.values():
             if inbound_spi in sa.children and sa.peer is not None and sa.peer.dpd_delay > 0:
-                from trellis.agent.ike.sa import Timer
-
                 sa.set_timer(Timer.DPD, now + sa.peer.dpd_delay)
                 return
 

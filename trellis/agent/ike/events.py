@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from trellis.agent.ike.config import Address
 from trellis.agent.ike.crypto.suites import EspSuite
 from trellis.agent.ike.payloads import TrafficSelector
+from trellis.agent.ike.selectors import format_selector
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -191,8 +192,6 @@ Event = (
 
 
 def _plain(value: object) -> object:
-    from trellis.agent.ike.selectors import format_selector
-
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, enum.Enum):

@@ -55,7 +55,7 @@ from trellis.agent.ike.events import (
     PeerDead,
 )
 from trellis.agent.ike.fragments import FragmentReassembler, decrypt_fragment, encrypt_message_fragments
-from trellis.agent.ike.message import IkeHeader, Message, decode_message, open_message
+from trellis.agent.ike.message import IkeHeader, Message, decode_message, encode_message, open_message
 from trellis.agent.ike.payloads import EncryptedFragment, Notify, Payload
 from trellis.agent.ike.states import (
     IKE_ACTIONS,
@@ -302,8 +302,6 @@ class IkeSa:
         )
         message = Message(header=header, payloads=payloads)
         if exchange.exchange_type == ExchangeType.IKE_SA_INIT:
-            from trellis.agent.ike.message import encode_message
-
             self.init_request = encode_message(message)
             datagrams: tuple[bytes, ...] = (self.init_request,)
         else:

@@ -17,6 +17,7 @@ from trellis.agent.ike.events import AuthenticationFailed as AuthenticationFaile
 from trellis.agent.ike.events import ChildSaFailed, DownReason
 from trellis.agent.ike.exchanges import authn
 from trellis.agent.ike.exchanges.childsa import accept_child, answer_child, select_child_config
+from trellis.agent.ike.exchanges.informational import DeleteSpis
 from trellis.agent.ike.message import Message
 from trellis.agent.ike.payloads import (
     Authentication,
@@ -152,8 +153,6 @@ class IkeAuth:
         except IkePeerError as e:
             _child_failed(sa, config.name, str(e))
             # The peer installed what it answered: delete it rather than leave it dangling.
-            from trellis.agent.ike.exchanges.informational import DeleteSpis
-
             sa.start(DeleteSpis(spis=(self.child_spi,)), now)
             return
         sa.add_child(child, now)
@@ -177,6 +176,7 @@ def respond(sa: IkeSa, request: Message, now: float) -> Reply:
     try:
         peer = authn.select_peer(sa.candidates, id_i, int(auth.method))
         sa.peer = peer
+        authn.check_suite_allowed(sa, peer)
         peer_auth = authn.verify_peer(
             sa, peer, id_payload=id_i, certificates=request.find_all(Certificate), auth=auth, now=now
         )

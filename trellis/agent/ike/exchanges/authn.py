@@ -33,6 +33,21 @@ from trellis.agent.ike.sa import IkeSa, PeerAuth, SaHost
 REASON_WRONG_METHOD = "wrong authentication method"
 REASON_NO_PEER = "no matching peer configuration"
 REASON_CANNOT_SIGN = "cannot sign for this peer"
+REASON_SUITE = "IKE suite not allowed for this peer"
+
+
+def check_suite_allowed(sa: IkeSa, peer: PeerConfig) -> None:
+    """A responder chose the IKE suite before it knew who the peer was (from every configuration
+    that matched the address): the configuration finally selected must allow it too."""
+    suite, _ = sa.require_keys()
+    for proposal in peer.ike_proposals:
+        if (
+            (suite.encr, suite.key_bits) in proposal.encryption
+            and suite.prf in proposal.prf
+            and suite.dh in proposal.dh
+        ):
+            return
+    raise AuthenticationFailed(f"{REASON_SUITE}: {suite}")
 
 
 def local_id(host: SaHost, peer: PeerConfig) -> IkeId:

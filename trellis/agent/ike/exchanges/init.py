@@ -25,6 +25,7 @@ from trellis.agent.ike.errors import (
     NoProposalChosen,
 )
 from trellis.agent.ike.exchanges import authn
+from trellis.agent.ike.exchanges.auth import IkeAuth
 from trellis.agent.ike.message import IkeHeader, Message, encode_message
 from trellis.agent.ike.natt import fake_nat_detection_hash, nat_detection_hash, nat_in_front
 from trellis.agent.ike.payloads import (
@@ -178,8 +179,6 @@ class IkeSaInit:
         except AuthenticationFailed as e:
             sa.fail(e.reason, now)
             return
-        from trellis.agent.ike.exchanges.auth import IkeAuth
-
         sa.machine.move(IkeState.AUTH_SENT)
         initial_contact = sa.reauth_of is None and not sa.host.has_established_sa(peer.name, besides=sa)
         sa.start(
@@ -218,11 +217,6 @@ def request_cookie(request: Message) -> bytes | None:
     if isinstance(first, Notify) and first.notify_type == NotifyType.COOKIE:
         return first.data
     return None
-
-
-def request_nonce(request: Message) -> bytes | None:
-    nonce = request.find(Nonce)
-    return nonce.data if nonce is not None else None
 
 
 def _merged_proposals(candidates: Sequence[PeerConfig]) -> tuple[IkeProposal, ...]:
