@@ -82,8 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file or TRELLIS_TOKEN); later runs need only --state-dir. Without its controller the "
         "agent keeps working from its last map until its certificate expires.",
     )
+    run.add_argument("--state-dir", type=Path, help="where key (0600), certificate and map live")
     run.add_argument(
-        "--state-dir", type=Path, required=True, help="where key (0600), certificate and map live"
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="run IKE with the static peers of this YAML file, without a controller (e.g. to connect "
+        "an external IPsec gateway); see trellis.agent.ikeconfig for the format",
     )
     run.add_argument("--controller", help="HOST:PORT of the controller's agent API (stored after enrollment)")
     run.add_argument(
@@ -123,7 +128,29 @@ def _token(args: argparse.Namespace) -> str | None:
     return os.environ.get("TRELLIS_TOKEN")
 
 
+async def run_static(args: argparse.Namespace) -> int:
+    from trellis.agent.ike.static import StaticAgent
+    from trellis.agent.ikeconfig import load_static_config
+
+    if args.controller or _token(args):
+        raise StateError("--config runs static peers without a controller: drop --controller and the token")
+    agent = StaticAgent(load_static_config(args.config))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await agent.run(stop)
+    except OSError as e:
+        raise StateError(f"cannot run IKE: {e}") from None
+    return EXIT_OK
+
+
 async def run(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        return await run_static(args)
+    if args.state_dir is None:
+        raise StateError("give --state-dir (or --config FILE for static peers)")
     state = StateDir(args.state_dir)
     token = _token(args)
     if not state.enrolled or (token and _expired(state)):
