@@ -1,0 +1,127 @@
+"""The policy engine's values as trellis.v1 protobuf messages."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from trellis.controller.policy.decide import Decision, PolicyTestResult
+from trellis.controller.policy.diff import AccessChange, ChangeKind
+from trellis.controller.policy.errors import Issue
+from trellis.controller.policy.review import Review
+from trellis.controller.policy.view import FlowRule, PeerView, TrafficSelector, View
+from trellis.v1 import common_pb2, policy_pb2
+
+
+def timestamp(at: dt.datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(at.astimezone(dt.UTC))
+    return stamp
+
+
+def _selector(selector: TrafficSelector) -> common_pb2.TrafficSelector:
+    return common_pb2.TrafficSelector(
+        prefix=str(selector.prefix),
+        protocol=selector.protocol,
+        port_start=selector.port_start,
+        port_end=selector.port_end,
+    )
+
+
+def _filter_rule(rule: FlowRule) -> common_pb2.FilterRule:
+    message = common_pb2.FilterRule(
+        rule=rule.rule,
+        src_prefixes=[str(p) for p in rule.src_prefixes],
+        dst_prefixes=[str(p) for p in rule.dst_prefixes],
+        protocol=rule.protocol,
+        port_start=rule.port_start,
+        port_end=rule.port_end,
+    )
+    if rule.expires_at is not None:
+        message.expires_at.CopyFrom(timestamp(rule.expires_at))
+    return message
+
+
+def peer_policy_to_proto(peer: PeerView) -> common_pb2.PeerPolicy:
+    return common_pb2.PeerPolicy(
+        identity=peer.identity,
+        local_selectors=[_selector(s) for s in peer.local_selectors],
+        remote_selectors=[_selector(s) for s in peer.remote_selectors],
+        outbound=[_filter_rule(r) for r in peer.outbound],
+        inbound=[_filter_rule(r) for r in peer.inbound],
+        selectors_exact=peer.selectors_exact,
+    )
+
+
+def view_to_proto(view: View, *, policy_version: int) -> common_pb2.PolicyView:
+    """The PolicyView to put in the site's NetworkMap."""
+    message = common_pb2.PolicyView(
+        policy_version=policy_version, peers=[peer_policy_to_proto(p) for p in view.peers]
+    )
+    if view.next_change is not None:
+        message.next_change.CopyFrom(timestamp(view.next_change))
+    return message
+
+
+def issue_to_proto(issue: Issue) -> policy_pb2.PolicyIssue:
+    return policy_pb2.PolicyIssue(
+        line=issue.line, column=issue.column, path=issue.path, message=issue.message, warning=issue.warning
+    )
+
+
+def policy_test_result_to_proto(result: PolicyTestResult) -> policy_pb2.PolicyTestResult:
+    decision = result.decision
+    return policy_pb2.PolicyTestResult(
+        index=result.index,
+        line=result.mark.line,
+        column=result.mark.column,
+        flow=result.flow,
+        passed=result.passed,
+        expected_allow=result.expected_allow,
+        allowed=decision is not None and decision.allowed,
+        rule=(decision.rule or "") if decision is not None else "",
+        message=result.message,
+    )
+
+
+_KINDS = {
+    ChangeKind.GAINED: policy_pb2.AccessChange.KIND_GAINED,
+    ChangeKind.LOST: policy_pb2.AccessChange.KIND_LOST,
+    ChangeKind.CHANGED: policy_pb2.AccessChange.KIND_CHANGED,
+}
+
+
+def change_to_proto(change: AccessChange) -> policy_pb2.AccessChange:
+    return policy_pb2.AccessChange(
+        from_identity=change.source,
+        to_identity=change.destination,
+        kind=_KINDS[change.kind],
+        added=list(change.added),
+        removed=list(change.removed),
+    )
+
+
+def review_to_proto(
+    review: Review, *, applied: bool, version: int, affected_sites: int
+) -> policy_pb2.ApplyPolicyResponse:
+    """The ApplyPolicy/RollbackPolicy answer; the caller says whether it applied and the version."""
+    return policy_pb2.ApplyPolicyResponse(
+        applied=applied,
+        version=version,
+        issues=[issue_to_proto(i) for i in (*review.errors, *review.warnings)],
+        tests=[policy_test_result_to_proto(t) for t in review.tests],
+        changes=[change_to_proto(c) for c in review.changes],
+        affected_sites=affected_sites,
+    )
+
+
+def decision_to_proto(decision: Decision, *, version: int) -> policy_pb2.CheckPolicyResponse:
+    return policy_pb2.CheckPolicyResponse(
+        allowed=decision.allowed,
+        rule=decision.rule or "",
+        rule_line=decision.rule_mark.line if decision.rule_mark is not None else 0,
+        reason=decision.reason,
+        dst_prefixes=[str(p) for p in decision.dst_prefixes],
+        version=version,
+    )
