@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from trellis.controller.policy.compiler import gc_paused
 from trellis.controller.policy.decide import Decision, PolicyTestResult
 from trellis.controller.policy.diff import AccessChange, ChangeKind
 from trellis.controller.policy.errors import Issue
+from trellis.controller.policy.model import IPNetwork
 from trellis.controller.policy.review import Review
 from trellis.controller.policy.view import FlowRule, PeerView, TrafficSelector, View
 from trellis.v1 import common_pb2, policy_pb2
@@ -20,48 +23,95 @@ def timestamp(at: dt.datetime) -> Timestamp:
     return stamp
 
 
-def _selector(selector: TrafficSelector) -> common_pb2.TrafficSelector:
-    return common_pb2.TrafficSelector(
-        prefix=str(selector.prefix),
-        protocol=selector.protocol,
-        port_start=selector.port_start,
-        port_end=selector.port_end,
-    )
+class ProtoWriter:
+    """Writes views as protobuf, remembering the text of each prefix tuple it has written.
 
+    Views share prefix tuples (every rule towards a site carries the same tuple of its subnets),
+    and formatting an address is the slow part of the conversion; use one writer for a batch.
+    """
 
-def _filter_rule(rule: FlowRule) -> common_pb2.FilterRule:
-    message = common_pb2.FilterRule(
-        rule=rule.rule,
-        src_prefixes=[str(p) for p in rule.src_prefixes],
-        dst_prefixes=[str(p) for p in rule.dst_prefixes],
-        protocol=rule.protocol,
-        port_start=rule.port_start,
-        port_end=rule.port_end,
-    )
-    if rule.expires_at is not None:
-        message.expires_at.CopyFrom(timestamp(rule.expires_at))
-    return message
+    def __init__(self) -> None:
+        self._texts: dict[int, tuple[tuple[IPNetwork, ...], list[str]]] = {}
+        self._text_of: dict[int, tuple[IPNetwork, str]] = {}
+        self._rules: dict[int, tuple[FlowRule, common_pb2.FilterRule]] = {}
+
+    def _strings(self, prefixes: tuple[IPNetwork, ...]) -> list[str]:
+        cached = self._texts.get(id(prefixes))
+        if cached is not None and cached[0] is prefixes:  # the entry keeps the tuple alive
+            return cached[1]
+        texts = [str(p) for p in prefixes]
+        self._texts[id(prefixes)] = (prefixes, texts)
+        return texts
+
+    def _text(self, prefix: IPNetwork) -> str:
+        cached = self._text_of.get(id(prefix))
+        if cached is not None and cached[0] is prefix:
+            return cached[1]
+        text = str(prefix)
+        self._text_of[id(prefix)] = (prefix, text)
+        return text
+
+    def _selector(self, selector: TrafficSelector) -> common_pb2.TrafficSelector:
+        return common_pb2.TrafficSelector(
+            prefix=self._text(selector.prefix),
+            protocol=selector.protocol,
+            port_start=selector.port_start,
+            port_end=selector.port_end,
+        )
+
+    def _filter_rule(self, rule: FlowRule) -> common_pb2.FilterRule:
+        # Both ends of a pair carry the same FlowRule objects: build each message once.
+        cached = self._rules.get(id(rule))
+        if cached is not None and cached[0] is rule:
+            return cached[1]
+        message = common_pb2.FilterRule(
+            rule=rule.rule,
+            src_prefixes=self._strings(rule.src_prefixes),
+            dst_prefixes=self._strings(rule.dst_prefixes),
+            protocol=rule.protocol,
+            port_start=rule.port_start,
+            port_end=rule.port_end,
+        )
+        if rule.expires_at is not None:
+            message.expires_at.CopyFrom(timestamp(rule.expires_at))
+        self._rules[id(rule)] = (rule, message)
+        return message
+
+    def peer_policy(self, peer: PeerView) -> common_pb2.PeerPolicy:
+        return common_pb2.PeerPolicy(
+            identity=peer.identity,
+            local_selectors=[self._selector(s) for s in peer.local_selectors],
+            remote_selectors=[self._selector(s) for s in peer.remote_selectors],
+            outbound=[self._filter_rule(r) for r in peer.outbound],
+            inbound=[self._filter_rule(r) for r in peer.inbound],
+            selectors_exact=peer.selectors_exact,
+        )
+
+    def view(self, view: View, *, policy_version: int) -> common_pb2.PolicyView:
+        message = common_pb2.PolicyView(
+            policy_version=policy_version, peers=[self.peer_policy(p) for p in view.peers]
+        )
+        if view.next_change is not None:
+            message.next_change.CopyFrom(timestamp(view.next_change))
+        return message
 
 
 def peer_policy_to_proto(peer: PeerView) -> common_pb2.PeerPolicy:
-    return common_pb2.PeerPolicy(
-        identity=peer.identity,
-        local_selectors=[_selector(s) for s in peer.local_selectors],
-        remote_selectors=[_selector(s) for s in peer.remote_selectors],
-        outbound=[_filter_rule(r) for r in peer.outbound],
-        inbound=[_filter_rule(r) for r in peer.inbound],
-        selectors_exact=peer.selectors_exact,
-    )
+    return ProtoWriter().peer_policy(peer)
 
 
 def view_to_proto(view: View, *, policy_version: int) -> common_pb2.PolicyView:
     """The PolicyView to put in the site's NetworkMap."""
-    message = common_pb2.PolicyView(
-        policy_version=policy_version, peers=[peer_policy_to_proto(p) for p in view.peers]
-    )
-    if view.next_change is not None:
-        message.next_change.CopyFrom(timestamp(view.next_change))
-    return message
+    return ProtoWriter().view(view, policy_version=policy_version)
+
+
+def views_to_proto(views: Mapping[str, View], *, policy_version: int) -> dict[str, common_pb2.PolicyView]:
+    """Many sites' PolicyViews at once (faster than one by one: prefix texts are shared)."""
+    writer = ProtoWriter()
+    with gc_paused():
+        return {
+            identity: writer.view(view, policy_version=policy_version) for identity, view in views.items()
+        }
 
 
 def issue_to_proto(issue: Issue) -> policy_pb2.PolicyIssue:
