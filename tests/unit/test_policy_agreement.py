@@ -9,6 +9,7 @@ filter may lag behind (it waits for a push) but must never allow more than check
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from trellis.agent.filter.packet import (
     push_udp,
 )
 from trellis.controller.policy import (
+    FlowRule,
     Inventory,
     Policy,
     PolicyCompiler,
@@ -41,6 +43,7 @@ from trellis.controller.policy import (
     compile_view,
     parse_policy,
 )
+from trellis.controller.policy.selectors_ike import Reach, SelectorPlanner
 from trellis.controller.policy.wire import view_to_proto
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -346,3 +349,21 @@ def test_incremental_compiler_matches_full_compile(
     dropped = Policy(name=policy.name, rules=policy.rules[1:], tests=())
     compiler.update_policy(dropped)
     assert compiler.views() == compile_all(dropped, inventory, t)
+    # Selectors planned once per rule shape equal those computed for the pair alone.
+    for identity, view in after.items():
+        site = inventory.by_identity(identity)
+        for peer in view.peers:
+            alone = SelectorPlanner().selectors(
+                [_unshared(r) for r in peer.outbound],
+                [_unshared(r) for r in peer.inbound],
+                Reach.of(site.subnets),
+                Reach.of(inventory.by_identity(peer.identity).subnets),
+            )
+            assert alone == (peer.local_selectors, peer.remote_selectors, peer.selectors_exact)
+
+
+def _unshared(rule: FlowRule) -> FlowRule:
+    """The same rule with prefix tuples of its own, so no plan can recognise them as a whole site."""
+    return dataclasses.replace(
+        rule, src_prefixes=tuple(list(rule.src_prefixes)), dst_prefixes=tuple(list(rule.dst_prefixes))
+    )
