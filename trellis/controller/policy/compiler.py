@@ -50,13 +50,6 @@ def narrow(
     return collapse(inside)
 
 
-def flow_rules(rule: Rule, source: Site, destination: Site, expires_at: dt.datetime | None) -> list[FlowRule]:
-    """The packet-filter rules through which ``rule`` lets ``source`` open flows to ``destination``."""
-    return _flow_rules(
-        rule, _templates(rule), Reach.of(source.subnets), Reach.of(destination.subnets), expires_at
-    )
-
-
 # One filter rule to make per service: protocol, ports, and the IP version it is limited to (0: none).
 _Template = tuple[int, int, int, int]
 
