@@ -20,7 +20,7 @@ from trellis.controller.policy import (
     compile_view,
     parse_policy,
 )
-from trellis.controller.policy.wire import view_to_proto
+from trellis.controller.policy.wire import view_to_proto, views_to_proto
 
 net = ipaddress.ip_network
 A4, A6 = net("10.1.0.0/24"), net("fd00:1::/64")
@@ -293,3 +293,19 @@ def test_view_to_proto() -> None:
     assert inbound.expires_at.ToDatetime(tzinfo=dt.UTC) == MONDAY_9.replace(hour=18)
     quiet = view_to_proto(compile_text("  - {from: branch-a, to: dc-1}\n", "vpc-1"), policy_version=1)
     assert not quiet.HasField("next_change") and not quiet.peers
+
+
+def test_views_to_proto_in_a_batch_equals_one_by_one() -> None:
+    views = compile_all(
+        parse_policy(policy_text(WINDOWED + '  - {from: "*", to: "*", ports: icmp}\n')),
+        make_inventory(),
+        MONDAY_9,
+    )
+    batch = views_to_proto(views, policy_version=3)
+    assert batch.keys() == views.keys()
+    for identity, view in views.items():
+        assert batch[identity] == view_to_proto(view, policy_version=3)
+    # Messages in the batch are independent copies: changing one leaves the others alone.
+    first, second = batch[uri("branch-a")], batch[uri("dc-1")]
+    first.peers[0].outbound[0].rule = "changed"
+    assert all(r.rule != "changed" for p in second.peers for r in (*p.outbound, *p.inbound))

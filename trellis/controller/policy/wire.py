@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar, cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -23,6 +24,10 @@ def timestamp(at: dt.datetime) -> Timestamp:
     return stamp
 
 
+_T = TypeVar("_T")
+_M = TypeVar("_M")
+
+
 class ProtoWriter:
     """Writes views as protobuf, remembering the text of each prefix tuple it has written.
 
@@ -34,6 +39,7 @@ class ProtoWriter:
         self._texts: dict[int, tuple[tuple[IPNetwork, ...], list[str]]] = {}
         self._text_of: dict[int, tuple[IPNetwork, str]] = {}
         self._rules: dict[int, tuple[FlowRule, common_pb2.FilterRule]] = {}
+        self._lists: dict[int, tuple[tuple[object, ...], list[object]]] = {}
 
     def _strings(self, prefixes: tuple[IPNetwork, ...]) -> list[str]:
         cached = self._texts.get(id(prefixes))
@@ -77,13 +83,23 @@ class ProtoWriter:
         self._rules[id(rule)] = (rule, message)
         return message
 
+    def _list(self, items: tuple[_T, ...], convert: Callable[[_T], _M]) -> list[_M]:
+        """Messages for a tuple of values; both ends of a pair (and a site towards similar peers)
+        share these tuples, so each list is built once per batch."""
+        cached = self._lists.get(id(items))
+        if cached is not None and cached[0] is items:
+            return cached[1]  # type: ignore[return-value]
+        messages = [convert(item) for item in items]
+        self._lists[id(items)] = (items, cast(list[object], messages))
+        return messages
+
     def peer_policy(self, peer: PeerView) -> common_pb2.PeerPolicy:
         return common_pb2.PeerPolicy(
             identity=peer.identity,
-            local_selectors=[self._selector(s) for s in peer.local_selectors],
-            remote_selectors=[self._selector(s) for s in peer.remote_selectors],
-            outbound=[self._filter_rule(r) for r in peer.outbound],
-            inbound=[self._filter_rule(r) for r in peer.inbound],
+            local_selectors=self._list(peer.local_selectors, self._selector),
+            remote_selectors=self._list(peer.remote_selectors, self._selector),
+            outbound=self._list(peer.outbound, self._filter_rule),
+            inbound=self._list(peer.inbound, self._filter_rule),
             selectors_exact=peer.selectors_exact,
         )
 
