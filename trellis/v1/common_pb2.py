@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17trellis/v1/common.proto\x12\ntrellis.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x08\x45ndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"\xbd\x01\n\x04Peer\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x06labels\x18\x03 \x03(\x0b\x32\x1c.trellis.v1.Peer.LabelsEntry\x12\'\n\tendpoints\x18\x04 \x03(\x0b\x32\x14.trellis.v1.Endpoint\x12\x0f\n\x07subnets\x18\x05 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x0fTrafficSelector\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\r\x12\x12\n\nport_start\x18\x03 \x01(\r\x12\x10\n\x08port_end\x18\x04 \x01(\r\"~\n\nFilterRule\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x14\n\x0csrc_prefixes\x18\x02 \x03(\t\x12\x14\n\x0c\x64st_prefixes\x18\x03 \x03(\t\x12\x10\n\x08protocol\x18\x04 \x01(\r\x12\x12\n\nport_start\x18\x05 \x01(\r\x12\x10\n\x08port_end\x18\x06 \x01(\r\"\xde\x01\n\nPeerPolicy\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x34\n\x0flocal_selectors\x18\x02 \x03(\x0b\x32\x1b.trellis.v1.TrafficSelector\x12\x35\n\x10remote_selectors\x18\x03 \x03(\x0b\x32\x1b.trellis.v1.TrafficSelector\x12(\n\x08outbound\x18\x04 \x03(\x0b\x32\x16.trellis.v1.FilterRule\x12\'\n\x07inbound\x18\x05 \x03(\x0b\x32\x16.trellis.v1.FilterRule\"|\n\nPolicyView\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x04\x12%\n\x05peers\x18\x02 \x03(\x0b\x32\x16.trellis.v1.PeerPolicy\x12/\n\x0bnext_change\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x02\n\nNetworkMap\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x30\n\x0cgenerated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctrust_domain\x18\x03 \x01(\t\x12\x1e\n\x04self\x18\x04 \x01(\x0b\x32\x10.trellis.v1.Peer\x12\x1f\n\x05peers\x18\x05 \x03(\x0b\x32\x10.trellis.v1.Peer\x12\x1a\n\x12revoked_identities\x18\x06 \x03(\t\x12\x17\n\x0frevoked_serials\x18\x07 \x03(\t\x12\x15\n\rca_bundle_der\x18\x08 \x03(\x0c\x12&\n\x06policy\x18\t \x01(\x0b\x32\x16.trellis.v1.PolicyViewb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17trellis/v1/common.proto\x12\ntrellis.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n\x08\x45ndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"\xbd\x01\n\x04Peer\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x06labels\x18\x03 \x03(\x0b\x32\x1c.trellis.v1.Peer.LabelsEntry\x12\'\n\tendpoints\x18\x04 \x03(\x0b\x32\x14.trellis.v1.Endpoint\x12\x0f\n\x07subnets\x18\x05 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x0fTrafficSelector\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x10\n\x08protocol\x18\x02 \x01(\r\x12\x12\n\nport_start\x18\x03 \x01(\r\x12\x10\n\x08port_end\x18\x04 \x01(\r\"\xae\x01\n\nFilterRule\x12\x0c\n\x04rule\x18\x01 \x01(\t\x12\x14\n\x0csrc_prefixes\x18\x02 \x03(\t\x12\x14\n\x0c\x64st_prefixes\x18\x03 \x03(\t\x12\x10\n\x08protocol\x18\x04 \x01(\r\x12\x12\n\nport_start\x18\x05 \x01(\r\x12\x10\n\x08port_end\x18\x06 \x01(\r\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf7\x01\n\nPeerPolicy\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x34\n\x0flocal_selectors\x18\x02 \x03(\x0b\x32\x1b.trellis.v1.TrafficSelector\x12\x35\n\x10remote_selectors\x18\x03 \x03(\x0b\x32\x1b.trellis.v1.TrafficSelector\x12(\n\x08outbound\x18\x04 \x03(\x0b\x32\x16.trellis.v1.FilterRule\x12\'\n\x07inbound\x18\x05 \x03(\x0b\x32\x16.trellis.v1.FilterRule\x12\x17\n\x0fselectors_exact\x18\x06 \x01(\x08\"|\n\nPolicyView\x12\x16\n\x0epolicy_version\x18\x01 \x01(\x04\x12%\n\x05peers\x18\x02 \x03(\x0b\x32\x16.trellis.v1.PeerPolicy\x12/\n\x0bnext_change\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9a\x02\n\nNetworkMap\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x30\n\x0cgenerated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctrust_domain\x18\x03 \x01(\t\x12\x1e\n\x04self\x18\x04 \x01(\x0b\x32\x10.trellis.v1.Peer\x12\x1f\n\x05peers\x18\x05 \x03(\x0b\x32\x10.trellis.v1.Peer\x12\x1a\n\x12revoked_identities\x18\x06 \x03(\t\x12\x17\n\x0frevoked_serials\x18\x07 \x03(\t\x12\x15\n\rca_bundle_der\x18\x08 \x03(\x0c\x12&\n\x06policy\x18\t \x01(\x0b\x32\x16.trellis.v1.PolicyViewb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,12 +42,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PEER_LABELSENTRY']._serialized_end=305
   _globals['_TRAFFICSELECTOR']._serialized_start=307
   _globals['_TRAFFICSELECTOR']._serialized_end=396
-  _globals['_FILTERRULE']._serialized_start=398
-  _globals['_FILTERRULE']._serialized_end=524
-  _globals['_PEERPOLICY']._serialized_start=527
-  _globals['_PEERPOLICY']._serialized_end=749
-  _globals['_POLICYVIEW']._serialized_start=751
-  _globals['_POLICYVIEW']._serialized_end=875
-  _globals['_NETWORKMAP']._serialized_start=878
-  _globals['_NETWORKMAP']._serialized_end=1160
+  _globals['_FILTERRULE']._serialized_start=399
+  _globals['_FILTERRULE']._serialized_end=573
+  _globals['_PEERPOLICY']._serialized_start=576
+  _globals['_PEERPOLICY']._serialized_end=823
+  _globals['_POLICYVIEW']._serialized_start=825
+  _globals['_POLICYVIEW']._serialized_end=949
+  _globals['_NETWORKMAP']._serialized_start=952
+  _globals['_NETWORKMAP']._serialized_end=1234
 # @@protoc_insertion_point(module_scope)

@@ -106,7 +106,9 @@ Global___Peer: _TypeAlias = Peer  # noqa: Y015
 
 @_typing.final
 class TrafficSelector(_message.Message):
-    """One IKE traffic selector: a prefix, an IP protocol (0 = any) and a port range."""
+    """One IKE traffic selector (RFC 7296 section 3.13.1), as a prefix with an IP protocol (0 = any)
+    and a port range; ports 0-65535 mean any port (and are the only range used with ICMP or any).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -118,7 +120,6 @@ class TrafficSelector(_message.Message):
     protocol: _builtins.int
     port_start: _builtins.int
     port_end: _builtins.int
-    """65535 with port_start 0 means any port"""
     def __init__(
         self,
         *,
@@ -137,7 +138,11 @@ Global___TrafficSelector: _TypeAlias = TrafficSelector  # noqa: Y015
 
 @_typing.final
 class FilterRule(_message.Message):
-    """One packet-filter rule, evaluated on inner packets by the agent."""
+    """One packet-filter rule, evaluated by the agent on the first packet of a flow (inner packets).
+    A packet matches when its source is in one of src_prefixes, its destination in one of
+    dst_prefixes, its IP protocol equals `protocol` (0 = any) and, for TCP and UDP, its destination
+    port lies in [port_start, port_end]. Replies of a matched flow are allowed by the flow table.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -147,17 +152,24 @@ class FilterRule(_message.Message):
     PROTOCOL_FIELD_NUMBER: _builtins.int
     PORT_START_FIELD_NUMBER: _builtins.int
     PORT_END_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
     rule: _builtins.str
     """name of the policy rule this comes from"""
     protocol: _builtins.int
     """0 = any"""
     port_start: _builtins.int
-    """destination ports (TCP/UDP); 0..65535 for any"""
+    """destination ports (TCP/UDP)"""
     port_end: _builtins.int
     @_builtins.property
     def src_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def dst_prefixes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """The rule stops applying at this instant (the end of its time window), even if no new view
+        arrives: just-in-time access expires on the agent by itself. Unset: no scheduled end.
+        """
+
     def __init__(
         self,
         *,
@@ -167,10 +179,11 @@ class FilterRule(_message.Message):
         protocol: _builtins.int = ...,
         port_start: _builtins.int = ...,
         port_end: _builtins.int = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dst_prefixes", b"dst_prefixes", "port_end", b"port_end", "port_start", b"port_start", "protocol", b"protocol", "rule", b"rule", "src_prefixes", b"src_prefixes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dst_prefixes", b"dst_prefixes", "expires_at", b"expires_at", "port_end", b"port_end", "port_start", b"port_start", "protocol", b"protocol", "rule", b"rule", "src_prefixes", b"src_prefixes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -178,7 +191,7 @@ Global___FilterRule: _TypeAlias = FilterRule  # noqa: Y015
 
 @_typing.final
 class PeerPolicy(_message.Message):
-    """The policy as one agent needs it: filled in by the policy engine."""
+    """What one agent may exchange with one peer."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -187,9 +200,16 @@ class PeerPolicy(_message.Message):
     REMOTE_SELECTORS_FIELD_NUMBER: _builtins.int
     OUTBOUND_FIELD_NUMBER: _builtins.int
     INBOUND_FIELD_NUMBER: _builtins.int
+    SELECTORS_EXACT_FIELD_NUMBER: _builtins.int
     identity: _builtins.str
+    selectors_exact: _builtins.bool
+    """True when the selectors alone admit no traffic beyond the rules (but for direction); false
+    when they were widened and the packet filter does the narrowing.
+    """
     @_builtins.property
-    def local_selectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrafficSelector]: ...
+    def local_selectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrafficSelector]:
+        """The CHILD SA's traffic selectors: TSi/TSr when this agent initiates (swap them as responder)."""
+
     @_builtins.property
     def remote_selectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrafficSelector]: ...
     @_builtins.property
@@ -206,10 +226,11 @@ class PeerPolicy(_message.Message):
         remote_selectors: _abc.Iterable[Global___TrafficSelector] | None = ...,
         outbound: _abc.Iterable[Global___FilterRule] | None = ...,
         inbound: _abc.Iterable[Global___FilterRule] | None = ...,
+        selectors_exact: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "inbound", b"inbound", "local_selectors", b"local_selectors", "outbound", b"outbound", "remote_selectors", b"remote_selectors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "inbound", b"inbound", "local_selectors", b"local_selectors", "outbound", b"outbound", "remote_selectors", b"remote_selectors", "selectors_exact", b"selectors_exact"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -217,6 +238,10 @@ Global___PeerPolicy: _TypeAlias = PeerPolicy  # noqa: Y015
 
 @_typing.final
 class PolicyView(_message.Message):
+    """The policy as one agent needs it: filled in by the policy engine. Peers absent here get no
+    tunnel and no packet (default deny).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_VERSION_FIELD_NUMBER: _builtins.int
@@ -224,7 +249,9 @@ class PolicyView(_message.Message):
     NEXT_CHANGE_FIELD_NUMBER: _builtins.int
     policy_version: _builtins.int
     @_builtins.property
-    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerPolicy]: ...
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerPolicy]:
+        """sorted by identity"""
+
     @_builtins.property
     def next_change(self) -> _timestamp_pb2.Timestamp:
         """unset: nothing is scheduled"""
