@@ -6,8 +6,8 @@ import datetime as dt
 import ipaddress
 
 import pytest
-from tests.unit.policy.policy_helpers import MONDAY_9, make_inventory, policy_text, uri
 
+from tests.unit.policy.policy_helpers import MONDAY_9, make_inventory, policy_text, uri
 from trellis.controller.policy import (
     AccessChange,
     ChangeKind,

@@ -6,8 +6,8 @@ import datetime as dt
 import ipaddress
 
 import pytest
-from tests.unit.policy.policy_helpers import policy_text
 
+from tests.unit.policy.policy_helpers import policy_text
 from trellis.controller.policy import Issue, PolicyInvalid, parse_policy, validate_policy
 from trellis.controller.policy.model import (
     AllSites,
