@@ -247,6 +247,7 @@ def main() -> None:
 
     for label, changed in (("broad", broad_rule_changed(world)), ("one-pair", narrow_rule_changed(world))):
         incremental_s, affected = incremental(world, changed)
+
         def recompile(policy: Policy = changed) -> object:
             return compile_all(policy, world.inventory, NOW)
 
