@@ -21,7 +21,17 @@ from trellis.controller.ca import CONTROLLER_TLS_NAME, CertificateAuthority
 from trellis.controller.credentials import AdminCredentials
 from trellis.controller.service import ControllerService
 from trellis.controller.store import AsyncStore, Store
-from trellis.v1 import admin_pb2, admin_pb2_grpc, common_pb2
+from trellis.v1 import admin_pb2, admin_pb2_grpc, common_pb2, policy_pb2, policy_pb2_grpc
+
+# Every site may reach every other: for tests about the control plane rather than policy.
+ALLOW_ALL = """\
+apiVersion: trellis/v1
+kind: Policy
+rules:
+  - name: everyone
+    from: "*"
+    to: "*"
+"""
 
 
 @dataclass
@@ -110,6 +120,11 @@ class Controller:
                 admin_pb2.AddSiteRequest(name=name, subnets=[subnet], labels=labels)
             )
         return response.token.token
+
+    async def apply_policy(self, text: str, *, dry_run: bool = False) -> policy_pb2.ApplyPolicyResponse:
+        async with self.admin_channel() as channel:
+            stub = policy_pb2_grpc.PolicyAdminStub(channel)
+            return await stub.ApplyPolicy(policy_pb2.ApplyPolicyRequest(yaml=text, dry_run=dry_run))
 
     async def audit(self) -> list[admin_pb2.AuditEntry]:
         async with self.admin() as admin:

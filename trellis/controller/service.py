@@ -12,7 +12,7 @@ import datetime as dt
 import ipaddress
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -30,7 +30,8 @@ from trellis.controller.errors import (
     Unauthenticated,
 )
 from trellis.controller.hub import SessionEnd, SyncHub
-from trellis.controller.maps import MapSnapshot, PolicyViewFor
+from trellis.controller.maps import MapSnapshot
+from trellis.controller.policies import NextChangeTimer, RunningPolicy
 from trellis.controller.store import (
     AsyncStore,
     AuditEvent,
@@ -148,7 +149,6 @@ class ControllerService:
         store: AsyncStore,
         clock: Callable[[], dt.datetime],
         cert_ttl: dt.timedelta = ca_module.DEFAULT_LEAF_TTL,
-        policy_view_for: Callable[[], Awaitable[PolicyViewFor | None]] | None = None,
     ) -> None:
         if not ca_module.MIN_LEAF_TTL <= cert_ttl <= ca_module.MAX_LEAF_TTL:
             raise ValueError(
@@ -158,8 +158,11 @@ class ControllerService:
         self.store = store
         self.clock = clock
         self.cert_ttl = cert_ttl
-        self._policy_view_for = policy_view_for
         self.hub = SyncHub(load_snapshot=self._load_snapshot, read_generation=self._read_generation)
+        self.policy = RunningPolicy(authority.trust_domain)
+        # When a rule's time window opens or closes, the maps are recomputed without any change
+        # in the store.
+        self._next_change = NextChangeTimer(clock, self.hub.invalidate)
 
     @property
     def trust_domain(self) -> str:
@@ -172,7 +175,7 @@ class ControllerService:
         await self.store.call(Store.append_audit, event, at=self.clock())
 
     @contextlib.asynccontextmanager
-    async def _refusals_audited(self, caller: Caller, action: str, target: str) -> AsyncIterator[None]:
+    async def refusals_audited(self, caller: Caller, action: str, target: str) -> AsyncIterator[None]:
         """Audit a refusal raised inside the block, with its reason, and let it propagate."""
         try:
             yield
@@ -185,7 +188,7 @@ class ControllerService:
     async def authenticate_site(self, caller: Caller, action: str) -> str:
         """The site name of a caller presenting a site certificate that is known and not revoked."""
         identity = caller.identity
-        async with self._refusals_audited(caller, action, identity.uri if identity else ""):
+        async with self.refusals_audited(caller, action, identity.uri if identity else ""):
             if identity is None:
                 raise Unauthenticated("a site certificate is required")
             if identity.trust_domain != self.trust_domain:
@@ -204,7 +207,7 @@ class ControllerService:
 
     async def authenticate_admin(self, caller: Caller, action: str) -> Identity:
         identity = caller.identity
-        async with self._refusals_audited(caller, action, ""):
+        async with self.refusals_audited(caller, action, ""):
             if identity is None:
                 raise Unauthenticated("an admin certificate is required")
             if identity.trust_domain != self.trust_domain:
@@ -248,7 +251,7 @@ class ControllerService:
 
     async def renew(self, caller: Caller, site: str, csr_der: bytes) -> Issued:
         identity = Identity.site(self.trust_domain, site)
-        async with self._refusals_audited(caller, "renew", identity.uri):
+        async with self.refusals_audited(caller, "renew", identity.uri):
             try:
                 csr = load_csr(csr_der)
                 asked = ca_module.requested_identity(csr)
@@ -309,7 +312,7 @@ class ControllerService:
         labels: dict[str, str],
         token_ttl: dt.timedelta | None,
     ) -> tuple[SiteRecord, JoinToken, dt.datetime]:
-        async with self._refusals_audited(caller, "site.add", name):
+        async with self.refusals_audited(caller, "site.add", name):
             try:
                 check_name(name)
             except IdentityError as e:
@@ -356,7 +359,7 @@ class ControllerService:
     async def create_token(
         self, caller: Caller, site: str, token_ttl: dt.timedelta | None
     ) -> tuple[JoinToken, dt.datetime]:
-        async with self._refusals_audited(caller, "token.create", site):
+        async with self.refusals_audited(caller, "token.create", site):
             token, expires = await self._new_token(caller, site, check_token_ttl(token_ttl), self.clock())
         await self.audit(
             caller.actor, "token.create", site, "ok", f"token {token.token_id} until {expires.isoformat()}"
@@ -364,7 +367,7 @@ class ControllerService:
         return token, expires
 
     async def revoke_site(self, caller: Caller, name: str, reason: str) -> SiteRecord:
-        async with self._refusals_audited(caller, "site.revoke", name):
+        async with self.refusals_audited(caller, "site.revoke", name):
             if len(reason) > MAX_REASON_CHARS:
                 raise InvalidArgument(f"reason longer than {MAX_REASON_CHARS} characters")
             try:
@@ -386,7 +389,7 @@ class ControllerService:
         return site
 
     async def get_site(self, caller: Caller, name: str) -> SiteView:
-        async with self._refusals_audited(caller, "site.show", name):
+        async with self.refusals_audited(caller, "site.show", name):
             site = await self.store.call(Store.get_site, name)
             if site is None:
                 raise NotFound(f"no site {name!r}")
@@ -451,11 +454,16 @@ class ControllerService:
         return await self.store.call(Store.generation)
 
     async def _load_snapshot(self) -> MapSnapshot:
-        inputs = await self.store.call(Store.map_inputs, now=self.clock())
-        policy = await self._policy_view_for() if self._policy_view_for else None
+        now = self.clock()
+        inputs = await self.store.call(Store.map_inputs, now=now)
+        self.policy.sync(inputs, now)
+        self._next_change.schedule(self.policy.next_change())
         return MapSnapshot(
             inputs=inputs,
             trust_domain=self.trust_domain,
             ca_bundle_der=tuple(self.authority.bundle_der),
-            policy_view_for=policy,
+            policy_view_for=self.policy.view_for,
         )
+
+    def close(self) -> None:
+        self._next_change.cancel()

@@ -16,6 +16,18 @@ from typing import Any
 
 BIN = Path(sys.executable).parent
 SITES = (("branch-a", "10.1.0.0/24", "region=eu"), ("dc-1", "10.9.0.0/16", "role=dc"))
+POLICY = """\
+apiVersion: trellis/v1
+kind: Policy
+rules:
+  - name: branches-to-dc
+    from: {region: eu}
+    to: {role: dc}
+    ports: [tcp/443, icmp]
+tests:
+  - {from: branch-a, to: dc-1, proto: tcp, port: 443, expect: allow}
+  - {from: dc-1, to: branch-a, proto: tcp, port: 22, expect: deny}
+"""
 STARTUP_TIMEOUT = 30.0
 
 
@@ -44,7 +56,7 @@ def _command(*args: str, env: dict[str, str] | None = None) -> str:
         [str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=env, check=False
     )
     if result.returncode != 0:
-        raise DemoError(f"{args[0]} failed:\n{result.stderr}")
+        raise DemoError(f"{args[0]} failed:\n{result.stdout}{result.stderr}")
     return result.stdout
 
 
@@ -127,6 +139,8 @@ def run_demo(directory: Path, *, keep_running: bool) -> int:
                 f"127.0.0.1:{port}",
                 extra_env={"TRELLIS_TOKEN": added["token"]["token"]},
             )
+        (directory / "policy.yaml").write_text(POLICY)
+        print(_command("trellisctl", "policy", "apply", "-f", str(directory / "policy.yaml"), env=env))
         for name, _, _ in SITES:
 
             def connected(state_dir: Path = directory / name) -> bool:
@@ -137,6 +151,22 @@ def run_demo(directory: Path, *, keep_running: bool) -> int:
         for name, _, _ in SITES:
             print(_command("trellis-agent", "status", "--state-dir", str(directory / name)))
         print(_command("trellisctl", "site", "list", env=env))
+        print(
+            _command(
+                "trellisctl",
+                "policy",
+                "check",
+                "--from",
+                "branch-a",
+                "--to",
+                "dc-1",
+                "--proto",
+                "tcp",
+                "--port",
+                "443",
+                env=env,
+            )
+        )
         print(_command("trellisctl", "audit", "--limit", "10", env=env))
         if keep_running:
             exports = " ".join(f"{k}={env[k]}" for k in ("TRELLIS_CONTROLLER", "TRELLIS_CREDENTIALS"))

@@ -95,6 +95,105 @@ def agent_status(state_dir: Path) -> dict[str, Any]:
     return dict(json.loads(run("trellis-agent", "status", "--state-dir", str(state_dir), "--json").stdout))
 
 
+BROKEN_POLICY = """\
+apiVersion: trellis/v1
+kind: Policy
+rules:
+  - name: web
+    from: {region: eu}
+    to: dc-1
+    ports: [tcp/99999]
+"""
+
+POLICY = """\
+apiVersion: trellis/v1
+kind: Policy
+rules:
+  - name: branches-to-dc
+    from: {region: eu}
+    to: dc-1
+    ports: [tcp/443, icmp]
+  - name: dc-to-branches
+    from: dc-1
+    to: {region: eu}
+    ports: [udp/5000-5010]
+tests:
+  - {from: branch-a, to: dc-1, proto: tcp, port: 443, expect: allow}
+  - {from: branch-a, to: dc-1, proto: tcp, port: 22, expect: deny}
+"""
+
+
+def apply_policy(tmp_path: Path, env: dict[str, str]) -> None:
+    """The policy commands as an operator uses them, ending with POLICY running."""
+    (tmp_path / "broken.yaml").write_text(BROKEN_POLICY)
+    refused = run("trellisctl", "policy", "apply", "-f", str(tmp_path / "broken.yaml"), env=env, check=False)
+    assert refused.returncode == 1
+    assert f"{tmp_path / 'broken.yaml'}:7:13: error: rules[0].ports[0]: invalid port" in refused.stdout
+    assert "the running policy (version 0) is unchanged" in refused.stdout
+
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    dry = run("trellisctl", "policy", "apply", "-f", str(tmp_path / "policy.yaml"), "--dry-run", env=env)
+    assert "dry run: 2 sites would get a new view" in dry.stdout
+    assert "+ spiffe://corp.example/site/branch-a -> spiffe://corp.example/site/dc-1" in dry.stdout
+    assert "tests: 2 of 2 passed" in dry.stdout
+    deny = run(
+        "trellisctl",
+        "policy",
+        "check",
+        "--from",
+        "branch-a",
+        "--to",
+        "dc-1",
+        "--proto",
+        "tcp",
+        "--port",
+        "443",
+        env=env,
+        check=False,
+    )
+    assert deny.returncode == 1 and deny.stdout.startswith("deny")  # nothing applied yet
+
+    applied = run(
+        "trellisctl", "policy", "apply", "-f", str(tmp_path / "policy.yaml"), "--comment", "first", env=env
+    )
+    assert "applied version 1: 2 sites get a new view" in applied.stdout
+    allow = run(
+        "trellisctl",
+        "policy",
+        "check",
+        "--from",
+        "branch-a",
+        "--to",
+        "dc-1",
+        "--proto",
+        "tcp",
+        "--port",
+        "443",
+        env=env,
+    )
+    assert allow.stdout.startswith("allow: rule 'branches-to-dc' (line 4, column 5) allows branch-a -> dc-1")
+    reverse = run(
+        "trellisctl",
+        "policy",
+        "check",
+        "--from",
+        "dc-1",
+        "--to",
+        "branch-a",
+        "--proto",
+        "tcp",
+        "--port",
+        "443",
+        env=env,
+        check=False,
+    )
+    assert reverse.returncode == 1
+    shown = run("trellisctl", "policy", "show", env=env).stdout
+    assert shown.startswith("# version 1") and "branches-to-dc" in shown
+    history = json.loads(run("trellisctl", "policy", "history", "--json", env=env).stdout)["versions"]
+    assert [(v["version"], v["comment"]) for v in history] == [("1", "first")]  # uint64 is a JSON string
+
+
 def test_an_operator_session(tmp_path: Path, processes: list[Process]) -> None:
     data = tmp_path / "controller"
     out = run("trellis-controller", "init", "--data-dir", str(data), "--trust-domain", "corp.example").stdout
@@ -149,6 +248,8 @@ def test_an_operator_session(tmp_path: Path, processes: list[Process]) -> None:
     assert bad.returncode == 1 and "invalid subnet" in bad.stderr and "invalid_argument" in bad.stderr
     dup = run("trellisctl", "site", "add", "dc-1", "--subnet", "10.8.0.0/16", env=env, check=False)
     assert dup.returncode == 1 and "already exists" in dup.stderr
+
+    apply_policy(tmp_path, env)
 
     agent_env = {**env, "TRELLIS_TOKEN": added["token"]["token"]}
     agent_a = Process(

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.controlplane import Controller, MovableClock, enroll_agent, start_agent
+from tests.support.controlplane import ALLOW_ALL, Controller, MovableClock, enroll_agent, start_agent
 from tests.support.postgres import fresh_database
 from trellis.agent.control.client import CHANNEL_OPTIONS, ConnectionState, ControlError
 from trellis.agent.control.state import StateDir
@@ -83,6 +83,7 @@ async def test_enrollment_issues_a_short_lived_identity_and_a_map(
 
 
 async def test_maps_carry_peers_and_their_reported_endpoints(controller: Controller, tmp_path: Path) -> None:
+    assert (await controller.apply_policy(ALLOW_ALL)).applied
     agents = []
     for name, subnet in (("a", "10.1.0.0/24"), ("b", "10.2.0.0/24")):
         client = await enroll_agent(controller, tmp_path / name, await controller.add_site(name, subnet))
@@ -380,6 +381,7 @@ async def test_replicas_sharing_postgresql_see_each_others_changes(
                 agents[name] = start_agent(await enroll_agent(first, tmp_path / name, token))
             await agents["a"].wait_state(ConnectionState.CONNECTED)
             await agents["b"].wait_state(ConnectionState.CONNECTED)
+            assert (await second.apply_policy(ALLOW_ALL)).applied
             # A site added through the second replica reaches agents of the first.
             await second.add_site("c", "10.3.0.0/24")
 

@@ -88,9 +88,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 if not snapshot.has_live_site(site):
                     raise PermissionDenied(f"site {site} is revoked")
                 network_map = snapshot.map_for(site)
+                # Compared without the policy version: a new policy that leaves this site's view as it
+                # was is not news to this agent.
+                policy_version = network_map.policy.policy_version
+                network_map.policy.policy_version = 0
                 content = network_map.SerializeToString(deterministic=True)
                 if content != last_sent:
                     last_sent = content
+                    network_map.policy.policy_version = policy_version
                     network_map.version = snapshot.generation
                     network_map.generated_at.CopyFrom(timestamp(self.service.clock()))
                     yield network_map

@@ -15,10 +15,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from trellis.controller.api.admin import AdminServicer
 from trellis.controller.api.agent import AgentServicer, EnrollmentServicer
 from trellis.controller.api.boundary import ErrorBoundary
+from trellis.controller.api.policy import PolicyAdminServicer
 from trellis.controller.api.tls import ServerCertificates
 from trellis.controller.hub import SessionEnd
 from trellis.controller.service import ControllerService
-from trellis.v1 import admin_pb2_grpc, agent_pb2_grpc
+from trellis.v1 import admin_pb2_grpc, agent_pb2_grpc, policy_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class ControllerServer:
         agent_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(self.service), server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.service), server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.service), server)
+        policy_pb2_grpc.add_PolicyAdminServicer_to_server(PolicyAdminServicer(self.service), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         certificates = ServerCertificates(self.service.authority, self.service.clock)
@@ -81,5 +83,6 @@ class ControllerServer:
         if self._server is None:
             return
         self.service.hub.end_all(SessionEnd.SHUTDOWN)
+        self.service.close()
         await self._server.stop(grace)
         self._server = None
