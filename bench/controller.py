@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -35,7 +36,15 @@ from trellis.agent.control.client import CHANNEL_OPTIONS, enroll
 from trellis.agent.control.state import AgentIdentity, StateDir
 from trellis.controller.ca import CONTROLLER_TLS_NAME
 from trellis.controller.credentials import AdminCredentials
-from trellis.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc, common_pb2
+from trellis.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    common_pb2,
+    policy_pb2,
+    policy_pb2_grpc,
+)
 from trellis.v1.csr import make_csr
 from trellis.v1.identity import Identity
 
@@ -141,14 +150,18 @@ def agent_channel(identity: AgentIdentity, address: str) -> grpc.aio.Channel:
 
 
 async def add_and_enroll(
-    controller: ControllerProcess, directory: Path, names: list[str]
+    controller: ControllerProcess,
+    directory: Path,
+    names: list[str],
+    labels: Callable[[int], dict[str, str]] = lambda _: {},
 ) -> list[AgentIdentity]:
     async with controller.admin_channel() as channel:
         admin = admin_pb2_grpc.AdminStub(channel)
         tokens = []
         for i, name in enumerate(names):
             subnet = f"10.{i // 256}.{i % 256}.0/24"
-            response = await admin.AddSite(admin_pb2.AddSiteRequest(name=name, subnets=[subnet]))
+            request = admin_pb2.AddSiteRequest(name=name, subnets=[subnet], labels=labels(i))
+            response = await admin.AddSite(request)
             tokens.append(response.token.token)
     semaphore = asyncio.Semaphore(16)
 
@@ -195,17 +208,32 @@ async def issuance_rate(
     return issued / elapsed
 
 
-async def fanout(
-    controller: ControllerProcess, identities: list[AgentIdentity], names: list[str], victims: list[str]
-) -> list[float]:
-    """Per (agent, revocation) latency in seconds from RevokeSite to the map naming the victim."""
-    arrivals: dict[str, dict[int, float]] = {v: {} for v in victims}
-    victim_of_uri = {f"spiffe://bench.example/site/{v}": v for v in victims}
-    connected: set[int] = set()
-    all_connected = asyncio.Event()
-    channels = [agent_channel(identity, controller.address) for identity in identities]
+class StreamFleet:
+    """Many agents' Sync streams in one process, timing when each receives a map that satisfies
+    the probe of the moment."""
 
-    async def stream(index: int, channel: grpc.aio.Channel) -> None:
+    def __init__(self, controller: ControllerProcess, identities: list[AgentIdentity]) -> None:
+        self._channels = [agent_channel(identity, controller.address) for identity in identities]
+        self._connected: set[int] = set()
+        self._all_connected = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._probe: Callable[[common_pb2.NetworkMap], bool] = lambda _: False
+        self._arrivals: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    async def open(self) -> None:
+        self._tasks = [asyncio.create_task(self._stream(i, c)) for i, c in enumerate(self._channels)]
+        await asyncio.wait_for(self._all_connected.wait(), 120)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for channel in self._channels:
+            await channel.close()
+
+    async def _stream(self, index: int, channel: grpc.aio.Channel) -> None:
         call = agent_pb2_grpc.AgentServiceStub(channel).Sync()
         await call.write(agent_pb2.AgentReport(agent_version="bench"))
         while True:
@@ -216,35 +244,70 @@ async def fanout(
             if not isinstance(message, common_pb2.NetworkMap):
                 return
             now = time.perf_counter()
-            connected.add(index)
-            if len(connected) == len(channels):
-                all_connected.set()
-            for uri in message.revoked_identities:
-                victim = victim_of_uri.get(uri)
-                if victim is not None:
-                    arrivals[victim].setdefault(index, now)
+            self._connected.add(index)
+            if len(self._connected) == len(self._channels):
+                self._all_connected.set()
+            if index not in self._arrivals and self._probe(message):
+                self._arrivals[index] = now
 
-    tasks = [asyncio.create_task(stream(i, c)) for i, c in enumerate(channels)]
-    await asyncio.wait_for(all_connected.wait(), 120)
+    async def measure(
+        self,
+        action: Callable[[], Awaitable[object]],
+        probe: Callable[[common_pb2.NetworkMap], bool],
+        *,
+        listeners: int,
+        ignore: frozenset[int] = frozenset(),
+        timeout: float = 60.0,
+    ) -> list[float]:
+        """Seconds from the start of ``action`` until each stream saw a map passing ``probe``."""
+        self._arrivals = {}
+        self._probe = probe
+        started = time.perf_counter()
+        await action()
+        deadline = started + timeout
+        while time.perf_counter() < deadline and len(self._arrivals.keys() - ignore) < listeners:
+            await asyncio.sleep(0.005)
+        self._probe = lambda _: False
+        return [t - started for i, t in self._arrivals.items() if i not in ignore]
+
+
+async def apply_policy(controller: ControllerProcess, text: str) -> int:
+    async with controller.admin_channel() as channel:
+        response = await policy_pb2_grpc.PolicyAdminStub(channel).ApplyPolicy(
+            policy_pb2.ApplyPolicyRequest(yaml=text)
+        )
+    if not response.applied:
+        raise RuntimeError(f"policy refused: {response}")
+    return int(response.version)
+
+
+ALLOW_ALL = 'apiVersion: trellis/v1\nkind: Policy\nrules:\n  - {name: everyone, from: "*", to: "*"}\n'
+
+
+def names_revoked(uri: str) -> Callable[[common_pb2.NetworkMap], bool]:
+    return lambda network_map: uri in network_map.revoked_identities
+
+
+async def fanout(
+    fleet: StreamFleet, controller: ControllerProcess, names: list[str], victims: list[str]
+) -> list[float]:
+    """Per (agent, revocation) latency in seconds from RevokeSite to the map naming the victim."""
     latencies: list[float] = []
     async with controller.admin_channel() as channel:
         admin = admin_pb2_grpc.AdminStub(channel)
         for revoked_before, victim in enumerate(victims):
             await asyncio.sleep(0.5)
-            listeners = len(channels) - revoked_before - 1  # every stream but the revoked ones
-            started = time.perf_counter()
-            await admin.RevokeSite(admin_pb2.RevokeSiteRequest(name=victim, reason="bench"))
-            deadline = time.perf_counter() + 30
-            victim_index = names.index(victim)
-            while (
-                time.perf_counter() < deadline and len(arrivals[victim].keys() - {victim_index}) < listeners
-            ):
-                await asyncio.sleep(0.005)
-            latencies += [t - started for i, t in arrivals[victim].items() if i != victim_index]
-    for task in tasks:
-        task.cancel()
-    for channel in channels:
-        await channel.close()
+            uri = f"spiffe://bench.example/site/{victim}"
+
+            async def revoke(name: str = victim) -> object:
+                return await admin.RevokeSite(admin_pb2.RevokeSiteRequest(name=name, reason="bench"))
+
+            latencies += await fleet.measure(
+                revoke,
+                names_revoked(uri),
+                listeners=len(fleet) - revoked_before - 1,  # every stream but the revoked ones
+                ignore=frozenset({names.index(victim)}),
+            )
     return latencies
 
 
@@ -273,7 +336,11 @@ async def main_async(args: argparse.Namespace) -> None:
             f"fan-out: enrolled {len(identities)} agents in {time.perf_counter() - started:.1f}s", flush=True
         )
         victims = names[-args.revocations :]
-        latencies = await fanout(controller, identities, names, victims)
+        await apply_policy(controller, ALLOW_ALL)  # maps carry every peer: the heaviest case
+        fleet = StreamFleet(controller, identities)
+        await fleet.open()
+        latencies = await fanout(fleet, controller, names, victims)
+        await fleet.close()
         expected = sum(args.agents - 1 - i for i in range(args.revocations))
         print(f"  revocations: {args.revocations}, deliveries measured: {len(latencies)} of {expected}")
         print(f"  latency p50: {percentile(latencies, 0.5) * 1000:8.1f} ms")

@@ -9,25 +9,38 @@ Prints:
      centres, about 17,000 site pairs) and for a one-pair rule;
   3. for reference: one view cold (compile_view) and the conversion of all views to protobuf.
 
-Usage: python bench/policy.py [--sites 1000] [--rules 500] [--seed 1] [--naive-sample N | --naive-all]
+Usage: python -m bench.policy [--sites 1000] [--rules 500] [--seed 1] [--naive-sample N | --naive-all]
+                              [--agents 500]
 
-The world (inventory, policy text) comes from make_world(), so other measurements can reuse it,
-e.g. apply-to-all-agents latency once views are pushed over Sync: time
-PolicyCompiler.update_policy + view_to_proto + delivery on each stream, against the same anchor.
+  4. apply-to-all-agents latency: AGENTS agents hold Sync streams with a controller process; a
+     policy that changes every view is applied and each agent's delivery is timed, against a
+     revocation's fan-out on the same streams (a push without policy work) in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import gc
 import random
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
+from bench.controller import (
+    ControllerProcess,
+    StreamFleet,
+    add_and_enroll,
+    apply_policy,
+    fanout,
+    percentile,
+)
 from trellis.controller.policy import (
     Inventory,
     Policy,
@@ -223,6 +236,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--naive-sample", type=int, default=20_000, help="pairs checked for the anchor")
     parser.add_argument("--naive-all", action="store_true", help="check every pair for the anchor")
+    parser.add_argument(
+        "--agents", type=int, default=500, help="connected agents for the apply latency (0: skip it)"
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     world = make_world(args.sites, args.rules, args.seed)
@@ -262,12 +278,70 @@ def main() -> None:
     print(f"one view cold (compile_view):        {cold_s * 1000:9.1f} ms")
     proto_s, _ = timed(lambda: views_to_proto(views, policy_version=1), repeat=3)
     print(f"all views to protobuf:               {proto_s * 1000:9.1f} ms")
+    if args.agents:
+        asyncio.run(apply_latency(args.agents))
 
 
 def _compiled(policy: Policy, inventory: Inventory) -> PolicyCompiler:
     compiler = PolicyCompiler(policy, inventory, NOW)
     compiler.views()
     return compiler
+
+
+# -- apply-to-all-agents latency over real Sync streams ------------------------------------------
+
+BRANCHES_TO_DCS = """\
+apiVersion: trellis/v1
+kind: Policy
+rules:
+  - name: branches-to-dcs
+    from: {role: branch}
+    to: {role: dc}
+    ports: PORTS
+"""
+
+
+async def apply_latency(agents: int) -> None:
+    """Apply a policy that changes every view while ``agents`` streams are connected; time, per
+    agent, from the ApplyPolicy call to the map with the new version. Anchor: a revocation's
+    fan-out on the same streams (a push with no policy work), measured in the same run."""
+    directory = Path(tempfile.mkdtemp(prefix="trellis-bench-policy-"))
+    controller = ControllerProcess(directory)
+    try:
+        names = [f"site-{i:04d}" for i in range(agents)]
+
+        def role(i: int) -> dict[str, str]:
+            return {"role": "dc" if i % 10 == 0 else "branch"}
+
+        identities = await add_and_enroll(controller, directory, names, role)
+        await apply_policy(controller, BRANCHES_TO_DCS.replace("PORTS", "[tcp/443]"))
+        fleet = StreamFleet(controller, identities)
+        await fleet.open()
+        await asyncio.sleep(1.0)
+        anchor = await fanout(fleet, controller, names, names[1:2])  # a branch; every other agent hears
+        second = BRANCHES_TO_DCS.replace("PORTS", "[tcp/443, tcp/8443]")
+
+        async def apply() -> int:
+            return await apply_policy(controller, second)
+
+        await asyncio.sleep(0.5)
+        applied = await fleet.measure(
+            apply,
+            lambda network_map: network_map.policy.policy_version == 2,
+            listeners=agents - 1,  # every live site's view changes (the revoked one is gone)
+        )
+        await fleet.close()
+        p50, p99 = percentile(applied, 0.5), percentile(applied, 0.99)
+        anchor_p50, anchor_p99 = percentile(anchor, 0.5), percentile(anchor, 0.99)
+        print(f"apply to {agents} connected agents ({len(applied)} views pushed):")
+        print(f"  latency p50: {p50 * 1000:8.1f} ms   p99: {p99 * 1000:8.1f} ms")
+        print(
+            f"  anchor, revocation fan-out p50: {anchor_p50 * 1000:8.1f} ms   p99: {anchor_p99 * 1000:.1f} ms"
+        )
+        print(f"  ratio apply / revocation (p50): {p50 / anchor_p50:8.2f} x")
+    finally:
+        controller.stop()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":
