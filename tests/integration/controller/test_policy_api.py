@@ -55,6 +55,9 @@ async def agents(controller: Controller, tmp_path: Path) -> AsyncIterator[dict[s
         started[name] = start_agent(await enroll_agent(controller, tmp_path / name, token))
     for agent in started.values():
         await agent.wait_state(ConnectionState.CONNECTED)
+    for agent in started.values():  # settled: each has heard its own reported endpoint back
+        await until(agent, lambda m: bool(m.self.endpoints), timeout=5)
+    drain(started)
     yield started
     for agent in started.values():
         await agent.shutdown()

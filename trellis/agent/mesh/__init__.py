@@ -1,0 +1,1 @@
+"""The mesh: from the controller's network map to IKE peers, packet filter and revocation checks."""
