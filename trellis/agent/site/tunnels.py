@@ -33,7 +33,7 @@ import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from trellis.agent.dataplane.counters import DataplaneCounters
 from trellis.agent.esp.constants import (
@@ -233,13 +233,16 @@ class Tunnel:
         return self.inbound.spi.to_bytes(4, "big")
 
 
-@dataclass(slots=True)
 class TunnelTable:
-    policy: EspPolicy = field(default_factory=EspPolicy)
-    pinned: tuple[IPNetwork, ...] = ()
-    _tunnels: dict[int, Tunnel] = field(default_factory=dict)  # by inbound SPI
-    _by_outbound: dict[int, int] = field(default_factory=dict)  # outbound SPI -> inbound SPI
-    _route_users: Counter[IPNetwork] = field(default_factory=Counter)
+    """The CHILD SA pairs installed in one data plane, and the routes they (and ``pinned``)
+    need. See the module docstring for the rules."""
+
+    def __init__(self, policy: EspPolicy | None = None, pinned: Sequence[IPNetwork] = ()) -> None:
+        self.policy = policy or EspPolicy()
+        self.pinned = tuple(pinned)
+        self._tunnels: dict[int, Tunnel] = {}  # by inbound SPI
+        self._by_outbound: dict[int, int] = {}  # outbound SPI -> inbound SPI
+        self._route_users: Counter[IPNetwork] = Counter()
 
     # --- reading -------------------------------------------------------------------------
 
