@@ -1,12 +1,14 @@
 """LAN-to-LAN throughput and RTT: Trellis<->Trellis against strongSwan<->strongSwan.
 
-    python -m bench.throughput [--seconds 10] [--rounds 1] [--profile DIR] [--json]
+    python -m bench.throughput [--seconds 10] [--rounds 1] [--keying ike|manual] [--profile DIR] [--json]
 
 Both tunnels join the same standard lab topology (two sites on a 1500-byte underlay, one LAN
 host each; trellis.lab.topology), are measured with the same iperf3 TCP test (10 s, host of
 site 1 -> host of site 2) and ping, in the same run. strongSwan runs with kernel-libipsec (ESP in
-UDP, aes256gcm16); Trellis runs its userspace data plane with manually keyed aes256gcm16 SAs
-(the IKE engine is measured elsewhere). The ratio is Trellis / strongSwan throughput.
+UDP, aes256gcm16). Trellis runs as it is deployed: ``trellis-agent run --config`` in each site,
+the tunnel negotiated by IKE (aes256gcm16-prfsha256-x25519, ESP aes256gcm16) and carried by the
+userspace data plane; ``--keying manual`` runs the data plane alone with manually keyed SAs
+instead. The ratio is Trellis / strongSwan throughput.
 
 With ``--rounds N`` the two alternate N times and the medians are compared: the machine is
 shared, and alternating spreads other load over both. ``--profile DIR`` records py-spy
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.throughput_ike import start_ike_tunnel
 from bench.throughput_profile import CpuMeter, CpuReport, Profiler, children
 from bench.throughput_trellis import start_trellis_tunnel
 from trellis.lab.anchor import AnchorMeasurement, measure_lan_to_lan, strongswan_pair
@@ -50,11 +53,19 @@ def measure_strongswan(seconds: float, ping_count: int) -> Round:
         return Round("strongswan", measure_lan_to_lan(pair.topology, seconds=seconds, ping_count=ping_count))
 
 
-def measure_trellis(seconds: float, ping_count: int, profile: Path | None, options: dict[str, Any]) -> Round:
+def measure_trellis(
+    seconds: float, ping_count: int, profile: Path | None, options: dict[str, Any], keying: str
+) -> Round:
     with standard_lab(sites=2, underlay_mtu=UNDERLAY_MTU) as topology:
-        tunnel = start_trellis_tunnel(topology, **options)
+        tunnel = (
+            start_ike_tunnel(topology, **options)
+            if keying == "ike"
+            else start_trellis_tunnel(topology, **options)
+        )
         workers = {}
         for side in (tunnel.a, tunnel.b):
+            if side.process is None:
+                raise RuntimeError(f"Trellis in {side.site.name} is not running")
             for index, pid in enumerate(children(side.process.pid)):
                 workers[f"{side.site.name}-worker{index}"] = pid
         meter = CpuMeter(workers)
@@ -76,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, help="py-spy profiles of the Trellis workers into DIR")
     parser.add_argument("--tso", action="store_true", help="Trellis with TSO on the TUN device")
     parser.add_argument("--no-gro", action="store_true", help="Trellis without GRO on the TUN device")
+    parser.add_argument(
+        "--keying",
+        choices=("ike", "manual"),
+        default="ike",
+        help="Trellis tunnel negotiated by IKE (trellis-agent run --config, the default) or manually keyed",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     options = {"tso": args.tso, "gro": not args.no_gro}
@@ -83,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.rounds):
         rounds.append(measure_strongswan(args.seconds, args.ping_count))
         rounds.append(
-            measure_trellis(args.seconds, args.ping_count, args.profile if i == 0 else None, options)
+            measure_trellis(
+                args.seconds, args.ping_count, args.profile if i == 0 else None, options, args.keying
+            )
         )
         print(
             f"round {i + 1}: strongswan {rounds[-2].mbit:.0f} Mbit/s, trellis {rounds[-1].mbit:.0f} Mbit/s",
@@ -106,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "strongswan_retransmits": [r.measurement.throughput.retransmits for r in strongswan],
         "trellis_retransmits": [r.measurement.throughput.retransmits for r in trellis],
         "trellis_options": options,
+        "trellis_keying": args.keying,
     }
     if args.json:
         print(json.dumps(result, indent=1))
@@ -113,8 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"LAN-to-LAN TCP, {args.seconds:.0f} s iperf3, {UNDERLAY_MTU}-byte underlay, {args.rounds} round(s)"
     )
-    print(f"  strongSwan (kernel-libipsec): {ss_mbit:8.1f} Mbit/s   RTT {result['strongswan_rtt_ms']:.3f} ms")
-    print(f"  Trellis (userspace):          {tr_mbit:8.1f} Mbit/s   RTT {result['trellis_rtt_ms']:.3f} ms")
+    keyed = "IKE" if args.keying == "ike" else "manual keys"
+    for label, mbit, rtt in (
+        ("strongSwan (kernel-libipsec)", ss_mbit, result["strongswan_rtt_ms"]),
+        (f"Trellis (userspace, {keyed})", tr_mbit, result["trellis_rtt_ms"]),
+    ):
+        print(f"  {label + ':':<34}{mbit:8.1f} Mbit/s   RTT {rtt:.3f} ms")
     verdict = "goal met" if ratio >= GOAL_RATIO else "target met" if ratio >= TARGET_RATIO else "below target"
     print(f"  ratio Trellis/strongSwan: {ratio:.2f}  ({verdict}; target {TARGET_RATIO}, goal {GOAL_RATIO})")
     for r in trellis[:1]:

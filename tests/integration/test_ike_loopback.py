@@ -199,7 +199,10 @@ def test_agent_commands_with_static_config(sites: tuple[Path, Path]) -> None:
         for directory in (site_b, site_a):
             processes.append(
                 subprocess.Popen(
-                    [str(AGENT), "run", "--config", str(directory / "agent.yaml"), "--log-level", "debug"],
+                    [
+                        *(str(AGENT), "run", "--config", str(directory / "agent.yaml")),
+                        *("--dataplane", "none", "--log-level", "debug"),  # IKE only, on loopback
+                    ],
                     stdout=subprocess.DEVNULL,
                     stderr=(directory / "agent.log").open("w"),
                     env=env,

@@ -9,7 +9,6 @@ IKE_AUTH with the agent's key-log export.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import signal
 import sys
@@ -26,11 +25,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from trellis.controller.ca import CertificateAuthority, make_csr, write_private_key
 from trellis.lab.anchor import CHILD, CONNECTION, site_dn, site_to_site_connection
-from trellis.lab.netns import Lab
-from trellis.lab.process import BackgroundProcess
 from trellis.lab.strongswan import Charon, start_charon
 from trellis.lab.swanctl import AuthRound, Connection, IkeSecret, SwanctlConfig
 from trellis.lab.topology import Site, StandardTopology
+from trellis.lab.trellis_site import TrellisSite, agent_yaml, wait_until
 from trellis.lab.tshark import decode, start_capture
 from trellis.lab.vici_text import IkeSa
 from trellis.v1.identity import Identity
@@ -52,100 +50,6 @@ def new_key(kind: str) -> Key:
 def issue(ca: CertificateAuthority, site: str, key: Key) -> x509.Certificate:
     identity = Identity.site(ca.trust_domain, site)
     return ca.issue(make_csr(key, identity), identity, now=dt.datetime.now(dt.UTC), ttl=dt.timedelta(hours=1))
-
-
-def wait_until(
-    what: str, predicate: Callable[[], object], timeout: float, diagnostics: Callable[[], str]
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{diagnostics()}")
-        time.sleep(0.1)
-
-
-@dataclass
-class TrellisSite:
-    """``trellis-agent run --config`` in a lab site, with its files in the lab's work directory."""
-
-    lab: Lab
-    site: Site
-    directory: Path
-    process: BackgroundProcess | None = None
-
-    def write_config(self, text: str) -> None:
-        (self.directory / "agent.yaml").write_text(text)
-
-    def start(self) -> None:
-        self.process = self.lab.start(
-            self.site.netns,
-            [str(AGENT), "run", "--config", str(self.directory / "agent.yaml"), "--log-level", "debug"],
-            name=f"trellis-{self.site.name}",
-            env={"PYTHONUNBUFFERED": "1"},
-        )
-
-    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
-        path = self.directory / "events.jsonl"
-        if not path.exists():
-            return []
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [r for r in records if kind is None or r["event"] == kind]
-
-    def current_sa(self) -> dict[str, Any] | None:
-        path = self.directory / "status.json"
-        if not path.exists():
-            return None
-        sas = [s for s in json.loads(path.read_text())["ike_sas"] if s["state"] == "established"]
-        return sas[0] if len(sas) == 1 else None
-
-    def diagnostics(self) -> str:
-        log = self.process.output_tail(40) if self.process is not None else ""
-        return f"--- trellis events ---\n{self.events()}\n--- trellis log ---\n{log}"
-
-    def wait_event(self, kind: str, *, count: int = 1, timeout: float = 20.0) -> dict[str, Any]:
-        wait_until(f"{count} x {kind}", lambda: len(self.events(kind)) >= count, timeout, self.diagnostics)
-        return self.events(kind)[count - 1]
-
-
-def agent_yaml(
-    local: Site,
-    remote: Site,
-    *,
-    auth: str,
-    initiate: bool,
-    remote_id: str,
-    local_id: str | None = None,
-    ike_proposals: tuple[str, ...] = ("aes256gcm16-prfsha256-x25519-ecp256-ecp384",),
-    esp_proposals: tuple[str, ...] = ("aes256gcm16",),
-    ike_lifetime: str = "",
-    esp_lifetime: str = "",
-    dpd: str = "30s",
-    extra: str = "",
-) -> str:
-    local_id_line = f'    local_id: "{local_id}"\n' if local_id else ""
-    return f"""
-listen: {{address: {local.underlay_ip}}}
-retransmit: {{timeout: 0.5, base: 1.5, tries: 3}}
-keylog: keys
-status_file: status.json
-events_file: events.jsonl
-{extra}
-credentials:
-  default: {{certificate: site.pem, key: site.key}}
-peers:
-  - name: {remote.name}
-    address: {remote.underlay_ip}
-    auth: {auth}
-{local_id_line}    remote_id: "{remote_id}"
-    initiate: {str(initiate).lower()}
-    dpd: {dpd}
-    ike: {{proposals: {json.dumps(list(ike_proposals))}{ike_lifetime}}}
-    children:
-      - name: {CHILD}
-        local_ts: [{local.lan}]
-        remote_ts: [{remote.lan}]
-        esp: {{proposals: {json.dumps(list(esp_proposals))}{esp_lifetime}}}
-"""
 
 
 @dataclass
@@ -239,8 +143,9 @@ def interop(topology: StandardTopology) -> Iterator[Callable[..., Interop]]:
             log_keys=strongswan_log_keys,
             settings=strongswan_settings,
         )
-        directory = topology.lab.path("trellis", site1.name, "agent.yaml").parent
-        trellis = TrellisSite(lab=topology.lab, site=site1, directory=directory)
+        # IKE only: these tests are about the IKE engine; the data plane has tests of its own
+        trellis = TrellisSite.in_lab(topology.lab, site1, dataplane="none")
+        directory = trellis.directory
         key1 = new_key(trellis_key)
         (directory / "site.pem").write_bytes(
             issue(ca, site1.name, key1).public_bytes(serialization.Encoding.PEM)

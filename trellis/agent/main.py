@@ -25,7 +25,11 @@ from trellis.agent.control.client import (
     enroll,
     split_host_port,
 )
-from trellis.agent.control.state import StateDir, StateError
+from trellis.agent.control.state import SETTINGS_FILE, StateDir, StateError
+from trellis.agent.dataplane.backend import DataplaneError
+from trellis.agent.site.config import Backend
+from trellis.agent.site.runtime import SiteFailed
+from trellis.agent.site.status import STATUS_FILE_NAME, read_status_file, render_site_status
 from trellis.v1 import common_pb2
 from trellis.v1.duration import format_duration
 from trellis.v1.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
@@ -82,13 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-file or TRELLIS_TOKEN); later runs need only --state-dir. Without its controller the "
         "agent keeps working from its last map until its certificate expires.",
     )
-    run.add_argument("--state-dir", type=Path, help="where key (0600), certificate and map live")
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where key (0600), certificate and map live; the running agent also writes its status "
+        f"there ({STATUS_FILE_NAME}: IKE SAs, CHILD SAs and data-plane counters), which "
+        "`trellis-agent status --state-dir DIR` shows. With --config it is optional (default: the "
+        "configuration's state_dir)",
+    )
     run.add_argument(
         "--config",
         type=Path,
         metavar="FILE",
-        help="run IKE with the static peers of this YAML file, without a controller (e.g. to connect "
-        "an external IPsec gateway); see trellis.agent.ikeconfig for the format",
+        help="run a site with the static peers of this YAML file, without a controller (e.g. to connect "
+        "an external IPsec gateway): IKE plus the userspace data plane (a TUN device and UDP 4500); see "
+        "trellis.agent.ikeconfig and trellis.agent.site.config for the format",
+    )
+    run.add_argument(
+        "--dataplane",
+        choices=[b.value for b in Backend],
+        help="with --config: the data-plane backend, overriding the file's dataplane.backend "
+        "(none: IKE only, ports 500 and 4500 bound by IKE, no ESP here)",
     )
     run.add_argument("--controller", help="HOST:PORT of the controller's agent API (stored after enrollment)")
     run.add_argument(
@@ -111,8 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     run.add_argument("--log-format", choices=LOG_FORMATS, default="text")
 
-    status = commands.add_parser("status", help="identity, certificate, controller connection, map version")
-    status.add_argument("--state-dir", type=Path, required=True)
+    status = commands.add_parser(
+        "status",
+        help="identity, certificate, controller connection, map version; IKE and CHILD SAs, data-plane "
+        "counters",
+        description="Show what a running agent says of itself. With --state-dir: the identity, "
+        f"certificate and controller connection, and the tunnels from DIR/{STATUS_FILE_NAME} (IKE SAs, "
+        "CHILD SAs with SPIs, selectors and lifetimes, packets, bytes and drops per SA and per reason). "
+        "With --config FILE: the tunnels of the agent run with that configuration (its state_dir, or "
+        "its status_file).",
+    )
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state-dir", type=Path, help="the agent's state directory")
+    where.add_argument("--config", type=Path, metavar="FILE", help="the configuration the agent runs with")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -129,20 +158,28 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 async def run_static(args: argparse.Namespace) -> int:
-    from trellis.agent.ike.static import StaticAgent
-    from trellis.agent.ikeconfig import load_static_config
+    from trellis.agent.site.config import load_site_config, with_backend
+    from trellis.agent.site.static import StaticSite
 
     if args.controller or _token(args):
         raise StateError("--config runs static peers without a controller: drop --controller and the token")
-    agent = StaticAgent(load_static_config(args.config))
+    # netlink chatter (every route and link message) would drown the agent's own debug log
+    logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
+    config = load_site_config(args.config)
+    if args.dataplane is not None:
+        config = with_backend(config, Backend(args.dataplane))
+    site = StaticSite(config, state_dir=args.state_dir)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await agent.run(stop)
-    except OSError as e:
-        raise StateError(f"cannot run IKE: {e}") from None
+        await site.run(stop)
+    except SiteFailed as e:
+        print(f"trellis-agent: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except (OSError, DataplaneError) as e:
+        raise StateError(f"cannot run the site: {e}") from None
     return EXIT_OK
 
 
@@ -255,6 +292,49 @@ def status_report(state_dir: Path) -> dict[str, Any]:
     }
 
 
+def tunnels_report(document: dict[str, Any] | None, path: Path) -> dict[str, Any]:
+    """What the running site wrote of its tunnels (None: nothing yet), and whether it runs."""
+    alive = document is not None and _pid_alive(document.get("pid"))
+    return {"status_file": str(path), "running": alive, "site": document}
+
+
+def static_status_report(config_path: Path) -> dict[str, Any]:
+    from trellis.agent.site.config import load_site_config
+
+    config = load_site_config(config_path)
+    if config.state_dir is not None:
+        path = config.state_dir / STATUS_FILE_NAME
+    elif config.ike.status_file is not None:
+        path = config.ike.status_file
+    else:
+        raise StateError(f"{config_path} names neither state_dir nor status_file: no status to show")
+    return {"mode": "static", "tunnels": tunnels_report(read_status_file(path), path)}
+
+
+def full_status_report(state_dir: Path) -> dict[str, Any]:
+    """The control-plane report (if DIR holds an identity) and the tunnels (if a site runs)."""
+    path = state_dir / STATUS_FILE_NAME
+    tunnels = tunnels_report(read_status_file(path), path)
+    if not (state_dir / SETTINGS_FILE).exists():
+        if tunnels["site"] is None:
+            raise StateError(f"{state_dir} holds no agent state (no identity, no {STATUS_FILE_NAME})")
+        return {"mode": "static", "tunnels": tunnels}
+    return {"mode": "controller", **status_report(state_dir), "tunnels": tunnels}
+
+
+def render_tunnels(tunnels: dict[str, Any]) -> str:
+    if tunnels["site"] is None:
+        return f"tunnels:      no status yet ({tunnels['status_file']})"
+    return render_site_status(tunnels["site"], running=tunnels["running"])
+
+
+def render_full_status(report: dict[str, Any]) -> str:
+    parts = [render_status(report)] if report["mode"] == "controller" else []
+    if report["mode"] == "static" or report["tunnels"]["site"] is not None:
+        parts.append(render_tunnels(report["tunnels"]))
+    return "\n".join(parts)
+
+
 def render_status(report: dict[str, Any]) -> str:
     cert = report["certificate"]
     not_after = dt.datetime.fromisoformat(cert["not_after"])
@@ -276,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "status":
-            report = status_report(args.state_dir)
-            print(json.dumps(report, indent=2) if args.json else render_status(report))
+            report = static_status_report(args.config) if args.config else full_status_report(args.state_dir)
+            print(json.dumps(report, indent=2) if args.json else render_full_status(report))
             return EXIT_OK
         setup_logging(args.log_level, args.log_format)
         return asyncio.run(run(args))

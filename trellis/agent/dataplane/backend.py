@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from trellis.agent.dataplane.counters import DataplaneCounters
+from trellis.agent.dataplane.hooks import PacketFilter
 from trellis.agent.esp.constants import Direction
 from trellis.agent.esp.sa import LifetimeEvent, SaParams
 from trellis.agent.esp.selectors import IPNetwork
@@ -27,6 +28,16 @@ class DataplaneError(RuntimeError):
 
 
 class DataplaneBackend(Protocol):
+    async def start(self) -> None:
+        """Take the port-4500 socket and the device; DataplaneError or OSError if they cannot be
+        had."""
+        ...
+
+    @property
+    def failed(self) -> str | None:
+        """Why the backend stopped working (then every call raises DataplaneError), or None."""
+        ...
+
     async def install_sa(self, params: SaParams) -> None:
         """Install one direction of a CHILD SA; returns once packets use it."""
         ...
@@ -41,6 +52,10 @@ class DataplaneBackend(Protocol):
     async def remove_route(self, prefix: IPNetwork) -> None: ...
 
     async def counters(self) -> DataplaneCounters: ...
+
+    async def set_filter(self, packet_filter: PacketFilter | None) -> None:
+        """The policy filter asked about every packet (None: allow everything)."""
+        ...
 
     def send_ike(self, message: bytes, destination: Endpoint) -> bool:
         """Send an IKE message from port 4500 (the non-ESP marker is added); False if dropped."""

@@ -8,7 +8,14 @@ The seam with the data plane is small and explicit:
 * ``IkeShell.datagram_received(data, local_port, remote_addr)`` is the one entry point for
   received datagrams (IKE on 500; IKE, ESP or keepalives on 4500);
 * ESP found on the NAT-T port goes to the ``on_esp(packet, addr)`` hook; the data plane sends
-  its ESP with ``IkeShell.send_esp`` (same socket, so NAT mappings stay shared with IKE).
+  its ESP with ``IkeShell.send_esp`` (same socket, so NAT mappings stay shared with IKE);
+* or the data plane owns the NAT-T socket: ``open(bind, nat_t=transport)`` binds only the IKE
+  port and sends what the engine sends from the NAT-T port through ``transport`` (which gets the
+  datagram as the engine made it: IKE behind the non-ESP marker, or a NAT keepalive); the data
+  plane hands what it receives there to ``datagram_received(data, nat_t_port, remote)``.
+
+``flush`` hands the engine's events to ``on_event`` before it sends the engine's datagrams, so a
+hook can act (install SAs, hold the datagrams until they are installed) before the peer hears.
 """
 
 from __future__ import annotations
@@ -114,6 +121,21 @@ class UdpSockets:
         self._transports = {}
 
 
+class PortMux:
+    """Sends through one transport per local port (the IKE port's socket here, the NAT-T port's
+    in the data plane)."""
+
+    def __init__(self, transports: dict[int, DatagramTransport]) -> None:
+        self._transports = transports
+
+    def send(self, data: bytes, local_port: int, remote: Address) -> None:
+        transport = self._transports.get(local_port)
+        if transport is None:
+            log.warning("no transport for port %d to send from", local_port)
+            return
+        transport.send(data, local_port, remote)
+
+
 class IkeShell:
     """Runs an ``IkeEngine`` on the event loop: feeds it datagrams and time, sends what it
     produces, hands its events to ``on_event`` and arms one timer for ``next_timer()``."""
@@ -134,13 +156,16 @@ class IkeShell:
         self._sockets: UdpSockets | None = None
         self._timer: asyncio.TimerHandle | None = None
 
-    async def open(self, bind_address: str = "0.0.0.0") -> None:
-        """Bind the engine's IKE and NAT-T ports and start handling timers."""
+    async def open(self, bind_address: str = "0.0.0.0", *, nat_t: DatagramTransport | None = None) -> None:
+        """Bind the engine's IKE and NAT-T ports and start handling timers. With ``nat_t``, only
+        the IKE port is bound here and datagrams from the NAT-T port go through ``nat_t``."""
         settings = self.engine.settings
-        self._sockets = await UdpSockets.open(
-            bind_address, (settings.ike_port, settings.nat_t_port), self.datagram_received
-        )
-        self.attach(self._sockets)
+        ports = (settings.ike_port,) if nat_t is not None else (settings.ike_port, settings.nat_t_port)
+        self._sockets = await UdpSockets.open(bind_address, ports, self.datagram_received)
+        if nat_t is None:
+            self.attach(self._sockets)
+        else:
+            self.attach(PortMux({settings.ike_port: self._sockets, settings.nat_t_port: nat_t}))
 
     def attach(self, transport: DatagramTransport) -> None:
         self.transport = transport
@@ -168,12 +193,12 @@ class IkeShell:
         self.flush()
 
     def flush(self) -> None:
-        if self.transport is not None:
-            for datagram in self.engine.datagrams():
-                self.transport.send(datagram.data, datagram.local_port, datagram.remote)
         for event in self.engine.events():
             if self.on_event is not None:
                 self.on_event(event)
+        if self.transport is not None:
+            for datagram in self.engine.datagrams():
+                self.transport.send(datagram.data, datagram.local_port, datagram.remote)
         self._arm()
 
     def _arm(self) -> None:

@@ -1,9 +1,10 @@
-"""``trellis-agent run --config FILE``: the IKE engine with static peers and no controller.
+"""The IKE engine with static peers and no controller, in process and IKE only.
 
 It binds the IKE and NAT-T ports, initiates the peers configured to be initiated, answers the
 others, and keeps a status file (the SAs as JSON) and optionally an events file (JSON lines, no
 keys) and the key log (Wireshark tables, 0600) up to date. ESP is the data plane's business: the
-``on_esp`` hook of the shell is where it plugs in.
+``on_esp`` hook of the shell is where it plugs in. ``trellis-agent run --config FILE`` runs
+trellis.agent.site.static instead: the same engine joined to the userspace data plane.
 """
 
 from __future__ import annotations

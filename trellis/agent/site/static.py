@@ -1,0 +1,134 @@
+"""``trellis-agent run --config FILE``: one site with static peers, IKE and the data plane.
+
+It starts the userspace data plane (TUN device, UDP 4500) unless ``dataplane.backend`` is
+``none``, binds UDP 500 for IKE, initiates the peers configured to be initiated and answers the
+others; CHILD SAs go into the data plane as IKE negotiates them. Files it keeps:
+
+* the status document (trellis.agent.site.status), every second and on every IKE event, as
+  ``STATE_DIR/tunnels.json`` and as the configuration's ``status_file`` if given;
+* the events file (``events_file``: JSON lines, no keys);
+* the key log (``keylog: DIR``, off by default, 0600): Wireshark's ikev2_decryption_table and
+  esp_sa tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from trellis.agent.dataplane.backend import DataplaneBackend, EventHandler, IkeHandler
+from trellis.agent.dataplane.userspace import UserspaceConfig, UserspaceDataplane
+from trellis.agent.ike.engine import IkeEngine
+from trellis.agent.ike.events import Event, event_record
+from trellis.agent.ike.keylogfile import KeyLog
+from trellis.agent.ike.shell import address_resolver
+from trellis.agent.site.config import Backend, SiteConfig, pinned_routes
+from trellis.agent.site.runtime import DataplaneFactory, SiteRuntime
+from trellis.agent.site.status import STATUS_FILE_NAME, write_status_file
+
+log = logging.getLogger("trellis.agent.site")
+
+STATE_DIR_MODE = 0o700
+
+
+def userspace_factory(config: SiteConfig) -> DataplaneFactory:
+    settings = config.dataplane
+    userspace = UserspaceConfig(
+        tun_name=settings.tun_name,
+        listen_address=config.ike.bind_address,
+        listen_port=config.ike.settings.nat_t_port,
+        underlay_mtu=settings.underlay_mtu,
+        tso=settings.tso,
+        gro=settings.gro,
+        clamp_mss=settings.clamp_mss,
+        tun_addresses=settings.tun_addresses,
+    )
+
+    def make(on_ike: IkeHandler, on_event: EventHandler) -> DataplaneBackend:
+        return UserspaceDataplane(userspace, on_ike=on_ike, on_event=on_event)
+
+    return make
+
+
+class StaticSite:
+    """The site of a static configuration; ``run(stop)`` until stopped (SiteFailed if the data
+    plane fails)."""
+
+    def __init__(
+        self,
+        config: SiteConfig,
+        *,
+        state_dir: Path | None = None,
+        on_event: Callable[[Event], None] | None = None,
+    ) -> None:
+        self.config = config
+        ike = config.ike
+        self.state_dir = state_dir or config.state_dir
+        self.keylog = KeyLog(ike.keylog_dir) if ike.keylog_dir is not None else None
+        self.extra_hook = on_event
+        engine = IkeEngine(
+            local_address_for=address_resolver(ike.bind_address),
+            settings=ike.settings,
+            peers=ike.peers,
+            credentials=ike.credentials,
+            keylog=self.keylog.ike_row if self.keylog is not None else None,
+        )
+        userspace = config.dataplane.backend is Backend.USERSPACE
+        self.runtime = SiteRuntime(
+            engine,
+            dataplane=userspace_factory(config) if userspace else None,
+            esp=config.dataplane.esp,
+            pinned_routes=pinned_routes(ike.peers) if userspace and config.dataplane.fail_closed else (),
+            on_event=self._event,
+            backend=config.dataplane.backend.value,
+        )
+
+    @property
+    def status_paths(self) -> list[Path]:
+        paths = [self.state_dir / STATUS_FILE_NAME] if self.state_dir is not None else []
+        if self.config.ike.status_file is not None:
+            paths.append(self.config.ike.status_file)
+        return paths
+
+    def _event(self, event: Event) -> None:
+        record = event_record(event)
+        log.info("IKE %s", json.dumps(record))
+        if self.keylog is not None:
+            self.keylog.event(event)  # before the peer hears of it: tshark can always decrypt
+        events_file = self.config.ike.events_file
+        if events_file is not None:
+            with events_file.open("a") as out:
+                out.write(json.dumps(record) + "\n")
+        if self.extra_hook is not None:
+            self.extra_hook(event)
+        asyncio.get_running_loop().call_soon(self.write_status)
+
+    def write_status(self) -> None:
+        paths = self.status_paths
+        if not paths:
+            return
+        document = self.runtime.snapshot()
+        for path in paths:
+            write_status_file(path, document)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.state_dir is not None:
+            self.state_dir.mkdir(mode=STATE_DIR_MODE, parents=True, exist_ok=True)
+        ike = self.config.ike
+        await self.runtime.open(ike.bind_address)
+        log.info(
+            "site up: IKE on %s ports %d and %d, data plane %s, %d peers",
+            ike.bind_address,
+            ike.settings.ike_port,
+            ike.settings.nat_t_port,
+            self.config.dataplane.backend.value,
+            len(ike.peers),
+        )
+        self.runtime.start()
+        try:
+            await self.runtime.run(stop, on_tick=self.write_status)
+        finally:
+            self.write_status()
