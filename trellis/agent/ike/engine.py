@@ -17,6 +17,7 @@ Nothing here reads a clock, opens a socket or sleeps. Randomness: SPIs and nonce
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import random
@@ -73,6 +74,15 @@ def _same_host(a: str, b: str) -> bool:
         return ipaddress.ip_address(a) == ipaddress.ip_address(b)
     except ValueError:
         return False
+
+
+# How to reach a peer and who starts: these may change without renegotiating anything.
+_REACH_FIELDS = ("remote_host", "remote_port", "remote_nat_t_port", "initiate", "dpd_action")
+
+
+def _same_terms(old: PeerConfig, new: PeerConfig) -> bool:
+    """True if ``new`` differs from ``old`` only in how the peer is reached or who initiates."""
+    return dataclasses.replace(old, **{f: getattr(new, f) for f in _REACH_FIELDS}) == new
 
 
 class IkeEngine:
@@ -134,18 +144,38 @@ class IkeEngine:
         self._is_revoked = check
 
     def set_peers(self, peers: Sequence[PeerConfig], now: float) -> None:
-        """Reconcile to a new peer list: removed or changed peers lose their SAs, new and changed
-        ones are initiated if they say so."""
+        """Reconcile to a new peer list: removed peers and peers whose negotiated terms changed lose
+        their SAs; a peer whose address or role (who initiates) alone changed keeps its SAs, as a
+        mesh learns endpoints while sites come and go; new and changed peers are initiated if they
+        say so."""
         new = {p.name: p for p in peers}
         for name, old in list(self._peers.items()):
-            if new.get(name) != old:
-                self.terminate(name, now)
-                del self._peers[name]
+            peer = new.get(name)
+            if peer == old:
+                continue
+            if peer is not None and _same_terms(old, peer):
+                self._reach_changed(old, peer, now)
+                continue
+            self.terminate(name, now)
+            del self._peers[name]
         for name, peer in new.items():
             if name not in self._peers:
                 self._peers[name] = peer
                 if peer.initiate:
                     self.initiate(name, now)
+
+    def _reach_changed(self, old: PeerConfig, new: PeerConfig, now: float) -> None:
+        self._peers[new.name] = new
+        sas = [sa for sa in self._sas.values() if sa.peer_name == new.name]
+        for sa in sas:
+            sa.peer = new
+        if new.initiate and not old.initiate and not sas:
+            self.initiate(new.name, now)
+        elif new.initiate:
+            self._wanted.add(new.name)
+        else:  # the peer starts now; we answer
+            self._wanted.discard(new.name)
+            self._reconnect_at.pop(new.name, None)
 
     def recheck_peers(self, now: float) -> None:
         """Delete every IKE SA whose peer is now revoked (call after the revocation list changed)."""
