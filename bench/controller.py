@@ -36,6 +36,7 @@ from trellis.agent.control.client import CHANNEL_OPTIONS, enroll
 from trellis.agent.control.state import AgentIdentity, StateDir
 from trellis.controller.ca import CONTROLLER_TLS_NAME
 from trellis.controller.credentials import AdminCredentials
+from trellis.lab.ports import free_port_pair
 from trellis.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -62,20 +63,6 @@ def raw_signing_rate(seconds: float) -> float:
             key.sign(message, ec.ECDSA(hashes.SHA256()))
         count += 100
     return count / seconds
-
-
-def free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free ports")
 
 
 class ControllerProcess:

@@ -13,6 +13,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 
+from trellis.controller import mapwire
 from trellis.controller.errors import InvalidArgument, NotFound
 from trellis.controller.maps import timestamp
 from trellis.controller.policy import (
@@ -27,7 +28,7 @@ from trellis.controller.policy import (
     parse_policy,
 )
 from trellis.controller.policy.parser import MAX_POLICY_BYTES
-from trellis.controller.policy.wire import decision_to_proto, view_to_proto
+from trellis.controller.policy.wire import ProtoWriter, decision_to_proto
 from trellis.controller.store import MapInputs, PolicyRecord, SiteRecord
 from trellis.v1 import common_pb2, policy_pb2
 from trellis.v1.identity import Identity
@@ -53,61 +54,84 @@ def inventory_of(sites: tuple[SiteRecord, ...], trust_domain: str) -> Inventory:
     )
 
 
-def _inventory_key(
-    sites: tuple[SiteRecord, ...],
-) -> tuple[tuple[str, tuple[tuple[str, str], ...], tuple[str, ...]], ...]:
-    return tuple((s.name, s.labels, s.subnets) for s in sites if not s.revoked)
+SiteTerms = tuple[tuple[tuple[str, str], ...], tuple[str, ...]]  # labels, subnets
+
+
+def _site_terms(sites: tuple[SiteRecord, ...]) -> dict[str, SiteTerms]:
+    """What the policy sees of each live site."""
+    return {s.name: (s.labels, s.subnets) for s in sites if not s.revoked}
 
 
 class RunningPolicy:
-    """The running policy compiled for every live site, updated incrementally.
+    """The running policy compiled for every live site.
 
-    ``sync`` brings it to a store snapshot and the current time; ``view_for`` answers per site;
-    ``next_change`` says when time alone will change some view.
+    Building (``build``) is pure and may run on a worker thread; ``adopt`` swaps the result in.
+    A revoked site needs no rebuild: ``mask`` takes it out of every view at once, which keeps
+    revocation fan-out fast; new or changed sites and new policy versions make the compiled
+    policy ``stale`` and call for a rebuild. ``advance`` opens and closes time windows.
     """
 
     def __init__(self, trust_domain: str) -> None:
         self.trust_domain = trust_domain
         self.version = 0
         self._compiler: PolicyCompiler | None = None
-        self._inventory_key: object = None
-        self._protos: dict[str, common_pb2.PolicyView] = {}
+        self._terms: dict[str, SiteTerms] = {}  # of the sites compiled
+        self._removed: frozenset[str] = frozenset()  # identities compiled but revoked since
+        self._chunks: dict[str, list[tuple[str, bytes]]] = {}  # site -> (peer, its encoded policy)
+        self._encoded: dict[str, bytes] = {}  # site -> view_bytes, as masked now
+        self._writer = ProtoWriter()
 
     @property
-    def compiler(self) -> PolicyCompiler | None:
-        return self._compiler
+    def ready(self) -> bool:
+        return self._compiler is not None
 
-    def sync(self, inputs: MapInputs, now: dt.datetime) -> None:
-        key = _inventory_key(inputs.sites)
-        record = inputs.policy
-        version = record.version if record else 0
-        if self._compiler is None:
-            self._compiler = PolicyCompiler(
-                self._parse(record), inventory_of(inputs.sites, self.trust_domain), now
-            )
-            self._adopted(version, key)
-            return
-        changed: set[str] = set()
-        if version != self.version:
-            changed |= self._compiler.update_policy(self._parse(record))
-        if key != self._inventory_key:
-            changed |= self._compiler.update_inventory(inventory_of(inputs.sites, self.trust_domain))
-        changed |= self._compiler.advance(now)
-        if version != self.version or key != self._inventory_key:
-            self._adopted(version, key)
-        else:
-            for identity in changed:
-                self._protos.pop(identity, None)
+    def stale(self, inputs: MapInputs) -> bool:
+        """Whether ``inputs`` hold another policy version, or a site the compiled policy has not
+        seen as it is now (revocations alone are masked, not stale)."""
+        if self._compiler is None or _version(inputs) != self.version:
+            return True
+        return any(self._terms.get(name) != terms for name, terms in _site_terms(inputs.sites).items())
 
-    def adopt(self, compiler: PolicyCompiler, version: int, inputs: MapInputs) -> None:
-        """Take over a compiler built while reviewing the policy that was just applied."""
+    def mask(self, inputs: MapInputs) -> None:
+        """Take sites revoked since the build out of every view."""
+        live = _site_terms(inputs.sites)
+        removed = frozenset(
+            Identity.site(self.trust_domain, name).uri for name in self._terms if name not in live
+        )
+        if removed != self._removed:
+            self._removed = removed
+            self._encoded.clear()
+
+    def build(self, inputs: MapInputs, now: dt.datetime) -> PolicyCompiler:
+        """Compile the stored policy for the stored sites, with every view (no shared state)."""
+        compiler = PolicyCompiler(
+            self._parse(inputs.policy), inventory_of(inputs.sites, self.trust_domain), now
+        )
+        compiler.views()
+        return compiler
+
+    def adopt(self, compiler: PolicyCompiler, inputs: MapInputs, *, version: int | None = None) -> bool:
+        """Take ``compiler`` (built from ``inputs``, or from them and policy ``version``) unless it
+        holds an older policy than the running one; True if taken."""
+        version = _version(inputs) if version is None else version
+        if self._compiler is not None and version < self.version:
+            return False
         self._compiler = compiler
-        self._adopted(version, _inventory_key(inputs.sites))
-
-    def _adopted(self, version: int, key: object) -> None:
         self.version = version
-        self._inventory_key = key
-        self._protos.clear()
+        self._terms = _site_terms(inputs.sites)
+        self._removed = frozenset()
+        self._chunks.clear()
+        self._encoded.clear()
+        self._writer = ProtoWriter()
+        return True
+
+    def advance(self, now: dt.datetime) -> None:
+        """Windows that opened or closed by ``now`` take effect."""
+        if self._compiler is not None:
+            for identity in self._compiler.advance(now):
+                name = Identity.parse(identity).name
+                self._chunks.pop(name, None)
+                self._encoded.pop(name, None)
 
     def _parse(self, record: PolicyRecord | None) -> Policy:
         if record is None:
@@ -121,21 +145,58 @@ class RunningPolicy:
     def views(self) -> dict[str, View]:
         return self._compiler.views() if self._compiler else {}
 
+    def _view(self, name: str) -> View | None:
+        if self._compiler is None:
+            return None
+        try:
+            return self._compiler.view(Identity.site(self.trust_domain, name).uri)
+        except UnknownSite:  # a site added since the last build: nothing allowed until the next one
+            return None
+
+    def peers_of(self, name: str) -> frozenset[str]:
+        view = self._view(name)
+        if view is None:
+            return frozenset()
+        return frozenset(p.identity for p in view.peers if p.identity not in self._removed)
+
+    def view_bytes(self, name: str) -> bytes:
+        """The site's PolicyView encoded without its policy_version (maps add it)."""
+        cached = self._encoded.get(name)
+        if cached is not None:
+            return cached
+        view = self._view(name)
+        if view is None:
+            return b""
+        chunks = self._chunks.get(name)
+        if chunks is None:
+            chunks = self._chunks[name] = [
+                (
+                    peer.identity,
+                    mapwire.length_delimited(
+                        mapwire.POLICY_PEERS, self._writer.peer_policy(peer).SerializeToString()
+                    ),
+                )
+                for peer in view.peers
+            ]
+        parts = [chunk for identity, chunk in chunks if identity not in self._removed]
+        if view.next_change is not None:
+            stamp = timestamp(view.next_change).SerializeToString()
+            parts.append(mapwire.length_delimited(mapwire.NEXT_CHANGE, stamp))
+        encoded = self._encoded[name] = b"".join(parts)
+        return encoded
+
     def view_for(self, name: str) -> common_pb2.PolicyView:
-        identity = Identity.site(self.trust_domain, name).uri
-        cached = self._protos.get(identity)
-        if cached is None:
-            if self._compiler is None:
-                return common_pb2.PolicyView(policy_version=self.version)
-            try:
-                view = self._compiler.view(identity)
-            except UnknownSite:
-                return common_pb2.PolicyView(policy_version=self.version)
-            cached = self._protos[identity] = view_to_proto(view, policy_version=self.version)
-        return cached
+        """The same view as a protobuf object (tools and tests)."""
+        view = common_pb2.PolicyView.FromString(self.view_bytes(name))
+        view.policy_version = self.version
+        return view
 
     def next_change(self) -> dt.datetime | None:
         return self._compiler.next_change() if self._compiler else None
+
+
+def _version(inputs: MapInputs) -> int:
+    return inputs.policy.version if inputs.policy else 0
 
 
 class NextChangeTimer:

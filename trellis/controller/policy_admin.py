@@ -15,13 +15,16 @@ from trellis.controller.policies import (
     policy_sha256,
     version_info,
 )
-from trellis.controller.policy import changed_identities, review_policy
+from trellis.controller.policy import Review, changed_identities, review_policy
 from trellis.controller.policy.wire import review_to_proto
 from trellis.controller.service import Caller, ControllerService
 from trellis.controller.store import AuditEvent, PolicyConflict, Store
 from trellis.v1 import policy_pb2
 
 MAX_HISTORY_PAGE = 200
+# An answer lists at most this many access changes (a policy opening a 500-site mesh changes
+# 250,000 pairs: the answer must stay far below gRPC's message limit).
+MAX_REPORTED_CHANGES = 1000
 
 
 class PolicyAdministration:
@@ -61,14 +64,14 @@ class PolicyAdministration:
                 await service.audit(
                     caller.actor, action, "", "refused", f"{errors} errors, {failed} failed tests: {first}"
                 )
-                return review_to_proto(review, applied=False, version=version_now, affected_sites=0)
+                return _answer(review, applied=False, version=version_now, affected_sites=0)
             assert review.compiler is not None  # accepted reviews carry their compiler
             affected = len(changed_identities(current or {}, review.compiler.views()))
             if dry_run:
                 await service.audit(
                     caller.actor, "policy.dry-run", "", "ok", f"{affected} sites would change"
                 )
-                return review_to_proto(review, applied=False, version=version_now, affected_sites=affected)
+                return _answer(review, applied=False, version=version_now, affected_sites=affected)
             sha = policy_sha256(text)
             detail = f"sha256 {sha[:12]}; {affected} sites changed" + (f"; {comment}" if comment else "")
             if rolled_back_from:
@@ -89,10 +92,10 @@ class PolicyAdministration:
                 )
             except PolicyConflict as e:
                 raise FailedPrecondition(str(e)) from None
-        running.adopt(review.compiler, record.version, inputs)
+        running.adopt(review.compiler, inputs, version=record.version)
         service.hub.invalidate()
         await service.hub.refresh()
-        return review_to_proto(review, applied=True, version=record.version, affected_sites=affected)
+        return _answer(review, applied=True, version=record.version, affected_sites=affected)
 
     async def rollback(
         self, caller: Caller, version: int, *, dry_run: bool, comment: str
@@ -147,3 +150,14 @@ class PolicyAdministration:
             answer = decide(record, inputs, service.trust_domain, request, now)
         await service.audit(caller.actor, "policy.check", flow, "ok", "allow" if answer.allowed else "deny")
         return answer
+
+
+def _answer(
+    review: Review, *, applied: bool, version: int, affected_sites: int
+) -> policy_pb2.ApplyPolicyResponse:
+    answer = review_to_proto(review, applied=applied, version=version, affected_sites=affected_sites)
+    omitted = len(answer.changes) - MAX_REPORTED_CHANGES
+    if omitted > 0:
+        del answer.changes[MAX_REPORTED_CHANGES:]
+        answer.changes_omitted = omitted
+    return answer

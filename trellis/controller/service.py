@@ -7,6 +7,7 @@ request field.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import ipaddress
@@ -163,6 +164,8 @@ class ControllerService:
         # When a rule's time window opens or closes, the maps are recomputed without any change
         # in the store.
         self._next_change = NextChangeTimer(clock, self.hub.invalidate)
+        self._policy_rebuild: asyncio.Task[None] | None = None
+        self._policy_rebuild_again = False
 
     @property
     def trust_domain(self) -> str:
@@ -456,14 +459,42 @@ class ControllerService:
     async def _load_snapshot(self) -> MapSnapshot:
         now = self.clock()
         inputs = await self.store.call(Store.map_inputs, now=now)
-        self.policy.sync(inputs, now)
+        if not self.policy.ready:  # no map goes out before the policy is compiled once
+            self.policy.adopt(await asyncio.to_thread(self.policy.build, inputs, now), inputs)
+        elif self.policy.stale(inputs):
+            # Maps go out now with the views compiled so far; the new ones follow when the rebuild
+            # is done. (Revoked sites are masked out of the views at once, without a rebuild.)
+            self._rebuild_policy_soon()
+        self.policy.mask(inputs)
+        self.policy.advance(now)
         self._next_change.schedule(self.policy.next_change())
         return MapSnapshot(
             inputs=inputs,
             trust_domain=self.trust_domain,
             ca_bundle_der=tuple(self.authority.bundle_der),
-            policy_view_for=self.policy.view_for,
+            policy=self.policy,
         )
+
+    def _rebuild_policy_soon(self) -> None:
+        if self._policy_rebuild is not None and not self._policy_rebuild.done():
+            self._policy_rebuild_again = True
+            return
+        self._policy_rebuild = asyncio.create_task(self._rebuild_policy(), name="policy-rebuild")
+
+    async def _rebuild_policy(self) -> None:
+        """Compile the policy for the current sites on a worker thread, then push the views."""
+        while True:
+            self._policy_rebuild_again = False
+            now = self.clock()
+            inputs = await self.store.call(Store.map_inputs, now=now)
+            if self.policy.stale(inputs):
+                compiler = await asyncio.to_thread(self.policy.build, inputs, now)
+                if self.policy.adopt(compiler, inputs):
+                    self.hub.invalidate()
+            if not self._policy_rebuild_again:
+                return
 
     def close(self) -> None:
         self._next_change.cancel()
+        if self._policy_rebuild is not None:
+            self._policy_rebuild.cancel()

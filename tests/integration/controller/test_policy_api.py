@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 from tests.support.controlplane import Agent, Controller, MovableClock, enroll_agent, start_agent
 from trellis.agent.control.client import ConnectionState
 from trellis.controller.ca import CertificateAuthority
+from trellis.controller.policy_admin import MAX_REPORTED_CHANGES
 from trellis.v1 import common_pb2, policy_pb2, policy_pb2_grpc
 
 A, B, C = (f"spiffe://example.org/site/{n}" for n in "abc")
@@ -235,3 +236,13 @@ async def test_policy_api_refuses_site_certificates(controller: Controller, tmp_
                 policy_pb2.ApplyPolicyRequest(yaml=A_B)
             )
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_mesh_wide_change_is_summarised_not_listed_in_full(controller: Controller) -> None:
+    for i in range(50):
+        await controller.add_site(f"s{i:02d}", f"10.{i}.0.0/24")
+    everyone = 'apiVersion: trellis/v1\nkind: Policy\nrules:\n  - {name: all, from: "*", to: "*"}\n'
+    dry = await controller.apply_policy(everyone, dry_run=True)
+    assert dry.affected_sites == 50
+    assert len(dry.changes) == MAX_REPORTED_CHANGES
+    assert dry.changes_omitted == 50 * 49 - MAX_REPORTED_CHANGES

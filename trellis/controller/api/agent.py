@@ -16,7 +16,7 @@ from trellis.controller.hub import Session, SessionEnd
 from trellis.controller.maps import timestamp
 from trellis.controller.service import ControllerService, Issued
 from trellis.controller.store import EndpointRecord
-from trellis.v1 import agent_pb2, agent_pb2_grpc, common_pb2
+from trellis.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,9 @@ class EnrollmentServicer(agent_pb2_grpc.EnrollmentServicer):
         )
 
 
-class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+class AgentServicer:
+    """The agent API: registered by add_agent_services (Sync sends pre-encoded maps)."""
+
     def __init__(self, service: ControllerService) -> None:
         self.service = service
 
@@ -59,7 +61,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     async def Sync(
         self, request_iterator: AsyncIterator[agent_pb2.AgentReport], context: ServicerContext
-    ) -> AsyncIterator[common_pb2.NetworkMap]:
+    ) -> AsyncIterator[bytes]:
         caller = caller_of(context)
         site = await self.service.authenticate_site(caller, "sync")
         if caller.not_after is None:  # authenticate_site guarantees a certificate
@@ -75,7 +77,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         hub.open(session)
         log.info("agent %s connected from %s", site, caller.peer)
         try:
-            last_sent: bytes | None = None
+            last_sent: tuple[bytes, bytes] | None = None
             while True:
                 session.wake.clear()
                 if session.failure is not None:
@@ -87,18 +89,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 snapshot = await hub.snapshot()
                 if not snapshot.has_live_site(site):
                     raise PermissionDenied(f"site {site} is revoked")
-                network_map = snapshot.map_for(site)
-                # Compared without the policy version: a new policy that leaves this site's view as it
-                # was is not news to this agent.
-                policy_version = network_map.policy.policy_version
-                network_map.policy.policy_version = 0
-                content = network_map.SerializeToString(deterministic=True)
-                if content != last_sent:
-                    last_sent = content
-                    network_map.policy.policy_version = policy_version
-                    network_map.version = snapshot.generation
-                    network_map.generated_at.CopyFrom(timestamp(self.service.clock()))
-                    yield network_map
+                encoded = snapshot.encoded_map_for(site)
+                # Compared without version, time and policy version: a change that leaves this
+                # site's map as it was is not news to this agent.
+                if (encoded.head, encoded.policy) != last_sent:
+                    last_sent = (encoded.head, encoded.policy)
+                    yield encoded.encode(
+                        version=snapshot.generation,
+                        generated_at=timestamp(self.service.clock()),
+                        policy_version=snapshot.policy_version,
+                    )
                 await self._wait(session)
         finally:
             hub.close(session)
@@ -131,3 +131,24 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 )
         except ControllerError as e:
             session.fail(e)  # the stream loop raises it through the boundary
+
+
+def add_agent_services(server: grpc.aio.Server, service: ControllerService) -> None:
+    """Register Enrollment and AgentService. Sync's responses are NetworkMaps already encoded
+    (trellis.controller.mapwire), so they pass through gRPC as bytes."""
+    agent_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(service), server)
+    servicer = AgentServicer(service)
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        "Renew": grpc.unary_unary_rpc_method_handler(
+            servicer.Renew,
+            request_deserializer=agent_pb2.RenewRequest.FromString,
+            response_serializer=agent_pb2.RenewResponse.SerializeToString,
+        ),
+        "Sync": grpc.stream_stream_rpc_method_handler(
+            servicer.Sync,
+            request_deserializer=agent_pb2.AgentReport.FromString,
+            response_serializer=None,
+        ),
+    }
+    name = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))

@@ -13,13 +13,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from trellis.controller.api.admin import AdminServicer
-from trellis.controller.api.agent import AgentServicer, EnrollmentServicer
+from trellis.controller.api.agent import add_agent_services
 from trellis.controller.api.boundary import ErrorBoundary
 from trellis.controller.api.policy import PolicyAdminServicer
 from trellis.controller.api.tls import ServerCertificates
 from trellis.controller.hub import SessionEnd
 from trellis.controller.service import ControllerService
-from trellis.v1 import admin_pb2_grpc, agent_pb2_grpc, policy_pb2_grpc
+from trellis.v1 import admin_pb2_grpc, policy_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,7 @@ class ControllerServer:
             *KEEPALIVE_OPTIONS,
         ]
         server = grpc.aio.server(interceptors=[ErrorBoundary()], options=options)
-        agent_pb2_grpc.add_EnrollmentServicer_to_server(EnrollmentServicer(self.service), server)
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self.service), server)
+        add_agent_services(server, self.service)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.service), server)
         policy_pb2_grpc.add_PolicyAdminServicer_to_server(PolicyAdminServicer(self.service), server)
         health_servicer = health.aio.HealthServicer()

@@ -106,6 +106,10 @@ def render_review(response: policy_pb2.ApplyPolicyResponse, *, source: str, dry_
         mark = _CHANGE_MARK.get(change.kind, "?")
         what = "; ".join([*("+" + a for a in change.added), *("-" + r for r in change.removed)])
         lines.append(f"  {mark} {change.from_identity} -> {change.to_identity}: {what}")
+    if response.changes_omitted:
+        lines.append(
+            f"  ... and {response.changes_omitted} more changes (trellisctl --json shows the listed ones)"
+        )
     if errors or failed:
         lines.append(
             f"refused: {len(errors)} errors, {len(failed)} failed tests; "
