@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from bench.throughput_trellis import TrellisTunnel, expected_keylog_rows, start_trellis_tunnel
+from tests.support import lan
 from trellis.agent.esp.constants import Cipher
 from trellis.agent.esp.sa import Lifetime
 from trellis.lab.netns import Lab, Netns
@@ -27,55 +28,11 @@ from trellis.lab.tshark import decode, start_capture
 pytestmark = pytest.mark.netns
 
 TRANSFER_BYTES = 8 << 20
-PORT = 9000
-
-# A TCP server and client that exchange deterministic pseudo-random streams and compare
-# SHA-256 digests of what arrived with what the other side sent.
-TRANSFER = textwrap.dedent(
-    """
-    import hashlib, random, socket, sys
-    role, address, size, port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    def stream(seed):
-        return random.Random(seed).randbytes(size)
-    def receive_exactly(conn, n):
-        digest, got = hashlib.sha256(), 0
-        while got < n:
-            chunk = conn.recv(min(1 << 16, n - got))
-            if not chunk:
-                break
-            digest.update(chunk)
-            got += len(chunk)
-        return got, digest.hexdigest()
-    if role == "server":
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        listener = socket.create_server((address, port), family=family)
-        print("listening", flush=True)
-        conn, _ = listener.accept()
-        got, digest = receive_exactly(conn, size)
-        ok = got == size and digest == hashlib.sha256(stream(1)).hexdigest()
-        conn.sendall(stream(2))
-        conn.close()
-        print("server received", got, "OK" if ok else "MISMATCH", flush=True)
-    else:
-        conn = socket.create_connection((address, port), timeout=60)
-        conn.sendall(stream(1))
-        got, digest = receive_exactly(conn, size)
-        ok = got == size and digest == hashlib.sha256(stream(2)).hexdigest()
-        print("client received", got, "OK" if ok else "MISMATCH", flush=True)
-    """
-)
 
 
 def transfer(topology: StandardTopology, client: Netns, server: Netns, server_ip: str) -> tuple[str, str]:
-    """Send TRANSFER_BYTES each way; returns the server's and the client's verdict lines."""
-    argv = [sys.executable, "-c", TRANSFER]
-    srv = topology.lab.start(
-        server, [*argv, "server", server_ip, str(TRANSFER_BYTES), str(PORT)], name=f"tcp-{server.role}"
-    )
-    wait_until("the TCP server", lambda: "listening" in srv.output(), timeout=10)
-    done = client.run([*argv, "client", server_ip, str(TRANSFER_BYTES), str(PORT)], timeout=120)
-    srv.wait(30)
-    return srv.output().strip().splitlines()[-1], done.stdout.strip()
+    """TRANSFER_BYTES each way; returns the server's and the client's verdict lines."""
+    return lan.transfer(topology, client, server, server_ip=server_ip, size=TRANSFER_BYTES)
 
 
 @pytest.fixture
@@ -153,7 +110,7 @@ def test_tshark_decrypts_our_esp_with_the_key_log(topology: StandardTopology, ci
     segments = decode(
         capture.pcap,
         fields=["tcp.srcport", "tcp.dstport", "tcp.len"],
-        display_filter=f"tcp.port == {PORT} && tcp.len > 0",
+        display_filter=f"tcp.port == {lan.TRANSFER_PORT} && tcp.len > 0",
         preferences=preferences,
     )
     carried = sum(int(p.first("tcp.len") or 0) for p in segments)

@@ -34,7 +34,8 @@ TRANSFER = textwrap.dedent(
             got += len(chunk)
         return got, digest.hexdigest()
     if role == "server":
-        listener = socket.create_server((address, port))
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        listener = socket.create_server((address, port), family=family)
         print("listening", flush=True)
         conn, _ = listener.accept()
         got, digest = receive_exactly(conn, size)
@@ -54,21 +55,27 @@ TRANSFER = textwrap.dedent(
 
 def transfer(
     topology: StandardTopology,
-    client: LanHost,
-    server: LanHost,
+    client: LanHost | Netns,
+    server: LanHost | Netns,
     *,
+    server_ip: str | None = None,
     size: int = TRANSFER_BYTES,
     name: str = "tcp",
 ) -> tuple[str, str]:
-    """``size`` bytes each way between two LAN hosts; returns the server's and the client's
-    verdict lines ("... received N OK")."""
+    """``size`` bytes each way between two hosts (``server_ip``: the server's address, by default
+    a LAN host's own); returns the server's and the client's verdict lines ("... received N OK")."""
     argv = [sys.executable, "-c", TRANSFER]
-    server_ip = str(server.ip)
+    server_ns = server.netns if isinstance(server, LanHost) else server
+    client_ns = client.netns if isinstance(client, LanHost) else client
+    if server_ip is None:
+        if not isinstance(server, LanHost):
+            raise ValueError("give server_ip for a namespace that is not a LAN host")
+        server_ip = str(server.ip)
     srv = topology.lab.start(
-        server.netns, [*argv, "server", server_ip, str(size), str(TRANSFER_PORT)], name=f"{name}-server"
+        server_ns, [*argv, "server", server_ip, str(size), str(TRANSFER_PORT)], name=f"{name}-server"
     )
     wait_until("the TCP server", lambda: "listening" in srv.output() or srv.poll() is not None, timeout=10)
-    done = client.netns.run([*argv, "client", server_ip, str(size), str(TRANSFER_PORT)], timeout=120)
+    done = client_ns.run([*argv, "client", server_ip, str(size), str(TRANSFER_PORT)], timeout=120)
     srv.wait(30)
     return srv.output().strip().splitlines()[-1], done.stdout.strip()
 
