@@ -314,9 +314,12 @@ def test_expired_rule_ends_new_and_live_flows() -> None:
     allowed(f.check(tcp(HOST, SERVER, 7, 3389, TCP_SYN), OUT, T0), Allow.NEW, "jit")
     allowed(f.check(tcp(SERVER, HOST, 3389, 7, TCP_SYN | TCP_ACK), IN, T0 + 1), Allow.ESTABLISHED, "jit")
     allowed(f.check(tcp(SERVER, HOST, 3389, 7, TCP_ACK), IN, deadline - 0.001), Allow.ESTABLISHED, "jit")
-    dropped(f.check(tcp(SERVER, HOST, 3389, 7, TCP_ACK), IN, deadline), DropReason.NO_RULE)
-    dropped(f.check(tcp(HOST, SERVER, 7, 3389, TCP_ACK), OUT, deadline), DropReason.NO_RULE)
-    dropped(f.check(tcp(HOST, SERVER, 8, 3389, TCP_SYN), OUT, deadline), DropReason.NO_RULE)
+    # the flow ends with its rule, and no new one opens: both say why
+    dropped(f.check(tcp(SERVER, HOST, 3389, 7, TCP_ACK), IN, deadline), DropReason.EXPIRED)
+    dropped(f.check(tcp(HOST, SERVER, 7, 3389, TCP_ACK), OUT, deadline), DropReason.EXPIRED)
+    dropped(f.check(tcp(HOST, SERVER, 8, 3389, TCP_SYN), OUT, deadline), DropReason.EXPIRED)
+    dropped(f.check(tcp(HOST, SERVER, 8, 3390, TCP_SYN), OUT, deadline), DropReason.NO_RULE)  # never allowed
+    dropped(f.check(tcp(SERVER, HOST, 3389, 7, TCP_ACK), IN, deadline + 1), DropReason.NO_RULE)  # no flow now
     assert f.counters().flows == 0
 
 

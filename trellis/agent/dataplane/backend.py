@@ -15,6 +15,7 @@ from trellis.agent.dataplane.hooks import PacketFilter
 from trellis.agent.esp.constants import Direction
 from trellis.agent.esp.sa import LifetimeEvent, SaParams
 from trellis.agent.esp.selectors import IPNetwork
+from trellis.v1 import common_pb2
 
 Endpoint = tuple[str, int]
 # Called in the event loop with an IKE message (non-ESP marker removed) and its sender.
@@ -54,7 +55,15 @@ class DataplaneBackend(Protocol):
     async def counters(self) -> DataplaneCounters: ...
 
     async def set_filter(self, packet_filter: PacketFilter | None) -> None:
-        """The policy filter asked about every packet (None: allow everything)."""
+        """A filter of your own asked about every packet (None: allow everything); it replaces
+        the policy filter."""
+        ...
+
+    async def set_policy(self, view: common_pb2.PolicyView | None) -> None:
+        """Enforce the site's PolicyView on every packet (trellis.agent.filter): the first view
+        builds the filter, a later one updates it and the flows it still allows go on. None: no
+        policy filter (everything passes, as with static peers). InvalidPolicyView (a
+        ValueError) leaves the current view in place."""
         ...
 
     def send_ike(self, message: bytes, destination: Endpoint) -> bool:

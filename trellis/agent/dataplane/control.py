@@ -18,6 +18,12 @@ from trellis.agent.esp.sa import LifetimeEvent, SaCounters, SaParams
 
 CONTROL_BUFFER = 1 << 20  # bytes of socket buffer: a message must fit whole
 MAX_MESSAGE = 256 << 10
+# A PolicyView travels in parts of this size (a view may be larger than one message) ...
+POLICY_PART_BYTES = 192 << 10
+# ... and may be this large in all: the NetworkMap that carries it is bounded alike
+# (trellis.agent.control.client.MAX_MAP_BYTES).
+MAX_POLICY_VIEW_BYTES = 16 << 20
+MAX_POLICY_PARTS = -(-MAX_POLICY_VIEW_BYTES // POLICY_PART_BYTES)
 
 Endpoint = tuple[str, int]
 
@@ -47,6 +53,17 @@ class SetFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class SetPolicy:
+    """Part ``part`` of ``parts`` of a serialized PolicyView; the worker enforces the view when
+    the last part arrives (building its filter, or updating it to keep the flows it allows).
+    ``data`` None (one part): no policy filter any more."""
+
+    data: bytes | None
+    part: int = 0
+    parts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class SetTunMtu:
     mtu: int
 
@@ -61,7 +78,7 @@ class Stop:
     pass
 
 
-Command = Configure | InstallSa | RemoveSa | SetFilter | SetTunMtu | Snapshot | Stop
+Command = Configure | InstallSa | RemoveSa | SetFilter | SetPolicy | SetTunMtu | Snapshot | Stop
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,10 @@ The agent process owns the TUN device (routes, MTU) and the port-4500 socket; bo
 inherit them. One process per direction because Python runs one thread of bytecode per
 process: encryption and decryption then use both cores.
 
+The policy filter (``set_policy``) runs in both workers; each sees one direction of every flow,
+so they share their flows over two pipes (flowsync.py, policy.py). A new view updates both
+filters in place: the flows it still allows go on.
+
 Port 4500 is shared with IKE (RFC 3948): the inbound worker hands datagrams that start with the
 non-ESP marker to the controller, which calls ``on_ike(message, sender)`` in the event loop;
 NAT-keepalives are counted and dropped. ``send_ike`` sends from the same socket (it adds the
@@ -27,6 +31,7 @@ import contextlib
 import ipaddress
 import itertools
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -37,6 +42,8 @@ from types import TracebackType
 
 from trellis.agent.dataplane.backend import DataplaneError, Endpoint, EventHandler, IkeHandler
 from trellis.agent.dataplane.control import (
+    MAX_POLICY_VIEW_BYTES,
+    POLICY_PART_BYTES,
     Command,
     Configure,
     Counters,
@@ -47,6 +54,7 @@ from trellis.agent.dataplane.control import (
     Reply,
     Request,
     SetFilter,
+    SetPolicy,
     SetTunMtu,
     Snapshot,
     Stop,
@@ -56,6 +64,7 @@ from trellis.agent.dataplane.control import (
 )
 from trellis.agent.dataplane.counters import DataplaneCounters
 from trellis.agent.dataplane.engine import NAT_KEEPALIVE, NON_ESP_MARKER, EngineConfig
+from trellis.agent.dataplane.flowsync import flow_pipe
 from trellis.agent.dataplane.hooks import PacketFilter
 from trellis.agent.dataplane.tun import TunDevice
 from trellis.agent.dataplane.udp import open_udp_socket, send_plain
@@ -64,6 +73,8 @@ from trellis.agent.esp.constants import Direction, DropReason, Mode
 from trellis.agent.esp.keylog import EspKeyLog
 from trellis.agent.esp.sa import IPV4_HEADER, IPV6_HEADER, UDP_HEADER, SaCounters, SaParams
 from trellis.agent.esp.selectors import IPNetwork
+from trellis.agent.filter import PacketFilter as PolicyFilter
+from trellis.v1 import common_pb2
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +147,8 @@ class UserspaceDataplane:
         self._closing = False
         self._installed: dict[tuple[int, Direction], SaParams] = {}
         self._traffic: Counter[str] = Counter()
+        self._policy_lock = asyncio.Lock()
+        self.policy_version: int | None = None  # of the view enforced now; None: no policy filter
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -173,8 +186,18 @@ class UserspaceDataplane:
                     (a.ip for a in config.tun_addresses if isinstance(a, ipaddress.IPv6Interface)), None
                 ),
             )
-            for role in ROLES:
-                self._spawn(role)
+            # the flow channel: outbound -> inbound and inbound -> outbound (read end, write end)
+            to_inbound, to_outbound = flow_pipe(), flow_pipe()
+            flow_fds = {
+                "outbound": (to_inbound[1], to_outbound[0]),
+                "inbound": (to_outbound[1], to_inbound[0]),
+            }
+            try:
+                for role in ROLES:
+                    self._spawn(role, flow_fds[role])
+            finally:
+                for fd in (*to_inbound, *to_outbound):
+                    os.close(fd)  # the workers hold their ends
             await asyncio.wait_for(
                 asyncio.gather(
                     *(self._request(role, Configure(role=role, config=engine_config)) for role in ROLES),
@@ -195,13 +218,14 @@ class UserspaceDataplane:
             config.gro,
         )
 
-    def _spawn(self, role: str) -> None:
+    def _spawn(self, role: str, flows: tuple[int, int]) -> None:
         if self.tun is None or self.sock is None:
             raise DataplaneError("not started")
         ours, theirs = control_pair()
-        fds = (self.tun.fd, self.sock.fileno(), theirs.fileno())
+        fds = (self.tun.fd, self.sock.fileno(), theirs.fileno(), *flows)
         argv = [sys.executable, "-m", "trellis.agent.dataplane.worker"]
         argv += ["--tun-fd", str(fds[0]), "--udp-fd", str(fds[1]), "--control-fd", str(fds[2])]
+        argv += ["--flow-send-fd", str(flows[0]), "--flow-receive-fd", str(flows[1])]
         try:
             process = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL)
         finally:
@@ -349,8 +373,35 @@ class UserspaceDataplane:
         await self.tun.remove_route(ipaddress.ip_network(prefix) if isinstance(prefix, str) else prefix)
 
     async def set_filter(self, packet_filter: PacketFilter | None) -> None:
-        """Install (or with None remove) the policy filter in both workers; it must pickle."""
-        await asyncio.gather(*(self._request(role, SetFilter(filter=packet_filter)) for role in ROLES))
+        """Install (or with None remove) a filter of your own in both workers; it must pickle.
+        It replaces the policy filter of ``set_policy`` (and the other way round)."""
+        async with self._policy_lock:
+            await asyncio.gather(*(self._request(role, SetFilter(filter=packet_filter)) for role in ROLES))
+            self.policy_version = None
+
+    async def set_policy(self, view: common_pb2.PolicyView | None) -> None:
+        """Enforce ``view`` in both workers: the first view builds their filters, later ones
+        update them, keeping the flows the new view still allows. None: no policy filter
+        (everything passes). InvalidPolicyView (a ValueError) if the view cannot be enforced,
+        leaving the current one in place."""
+        async with self._policy_lock:
+            if view is None:
+                await asyncio.gather(*(self._request(role, SetPolicy(data=None)) for role in ROLES))
+                self.policy_version = None
+                return
+            PolicyFilter(view)  # checks the view here: InvalidPolicyView before any worker sees it
+            data = view.SerializeToString()
+            if len(data) > MAX_POLICY_VIEW_BYTES:
+                raise DataplaneError(f"policy view of {len(data)} bytes (at most {MAX_POLICY_VIEW_BYTES})")
+            chunks = [data[i : i + POLICY_PART_BYTES] for i in range(0, len(data), POLICY_PART_BYTES)] or [
+                b""
+            ]
+            await asyncio.gather(*(self._send_policy(role, chunks) for role in ROLES))
+            self.policy_version = view.policy_version
+
+    async def _send_policy(self, role: str, chunks: list[bytes]) -> None:
+        for index, chunk in enumerate(chunks):
+            await self._request(role, SetPolicy(data=chunk, part=index, parts=len(chunks)))
 
     async def counters(self) -> DataplaneCounters:
         replies = await asyncio.gather(*(self._request(role, Snapshot()) for role in ROLES))

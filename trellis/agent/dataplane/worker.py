@@ -1,11 +1,13 @@
 """A data-plane worker process: one per direction, each with its own interpreter (and GIL).
 
-    python -m trellis.agent.dataplane.worker --tun-fd N --udp-fd M --control-fd K
+    python -m trellis.agent.dataplane.worker --tun-fd N --udp-fd M --control-fd K \
+        [--flow-send-fd S --flow-receive-fd R]
 
 The outbound worker reads the TUN device and sends ESP-in-UDP; the inbound worker reads the UDP
 socket and writes the TUN device. Both inherit the descriptors from the controller (the agent
 process), which configures them over the control socket (see control.py). A worker exits when
-the control socket closes, on Stop, or when its parent dies.
+the control socket closes, on Stop, or when its parent dies. The flow channel (flowsync.py)
+joins the two workers' policy filters.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ import sys
 import time
 from collections.abc import Callable
 
+from google.protobuf.message import DecodeError
+
 from trellis.agent.dataplane.control import (
+    MAX_POLICY_PARTS,
+    MAX_POLICY_VIEW_BYTES,
     Configure,
     Counters,
     Events,
@@ -31,6 +37,7 @@ from trellis.agent.dataplane.control import (
     Reply,
     Request,
     SetFilter,
+    SetPolicy,
     SetTunMtu,
     Snapshot,
     Stop,
@@ -38,9 +45,12 @@ from trellis.agent.dataplane.control import (
     send_message,
 )
 from trellis.agent.dataplane.engine import EngineConfig, InboundEngine, OutboundEngine
+from trellis.agent.dataplane.flowsync import FlowChannel
 from trellis.agent.dataplane.packets import PLAIN_VNET_HEADER, VNET_HEADER_LENGTH
+from trellis.agent.dataplane.policy import PolicyHook
 from trellis.agent.dataplane.udp import UdpReceiver, UdpSender
 from trellis.agent.esp.errors import EspError
+from trellis.v1 import common_pb2
 
 BATCH = 64  # reads per poll round: bounds latency for control messages and flushes
 POLL_INTERVAL = 1.0  # seconds between lifetime checks when idle
@@ -55,10 +65,16 @@ def _die_with_parent() -> None:
 
 
 class Worker:
-    def __init__(self, tun_fd: int, udp: socket.socket, control: socket.socket) -> None:
+    def __init__(
+        self, tun_fd: int, udp: socket.socket, control: socket.socket, flows: FlowChannel | None = None
+    ) -> None:
         self.tun_fd = tun_fd
         self.udp = udp
         self.control = control
+        self.flows = flows
+        self.policy: PolicyHook | None = None
+        self.role = ""
+        self._policy_parts: list[bytes] = []
         self.running = True
         self.config = EngineConfig()
         self.outbound: OutboundEngine | None = None
@@ -91,6 +107,7 @@ class Worker:
             if engine is not None or command.role not in ROLES:
                 raise ValueError(f"cannot configure as {command.role!r}")
             self.config = command.config
+            self.role = command.role
             if command.role == "outbound":
                 self.outbound = OutboundEngine(command.config)
                 self.sender = UdpSender(self.udp, gso=command.config.udp_gso)
@@ -105,6 +122,9 @@ class Worker:
             engine.remove(command.spi)
         elif isinstance(command, SetFilter):
             engine.filter = command.filter
+            self.policy = None
+        elif isinstance(command, SetPolicy):
+            self._set_policy(engine, command)
         elif isinstance(command, SetTunMtu):
             engine.tun_mtu = command.mtu
         elif isinstance(command, Snapshot):
@@ -118,6 +138,10 @@ class Worker:
                 )
             if self.receiver is not None:
                 traffic["udp_recv_calls"] = self.receiver.calls
+            if self.policy is not None:
+                policy = self.policy.counters()
+                traffic[f"policy_flows_{self.role}"] = policy.pop("policy_flows")
+                traffic.update(policy)
             return Reply(
                 request_id=request.request_id,
                 counters=Counters(
@@ -130,6 +154,36 @@ class Worker:
         elif isinstance(command, Stop):
             self.running = False
         return Reply(request_id=request.request_id)
+
+    def _set_policy(self, engine: OutboundEngine | InboundEngine, command: SetPolicy) -> None:
+        if command.data is None:
+            self._policy_parts = []
+            self.policy = None
+            engine.filter = None
+            return
+        if command.part == 0:
+            self._policy_parts = []
+        if command.part != len(self._policy_parts) or not 0 < command.parts <= MAX_POLICY_PARTS:
+            self._policy_parts = []
+            raise ValueError(f"policy view part {command.part} of {command.parts} out of order")
+        self._policy_parts.append(command.data)
+        if sum(map(len, self._policy_parts)) > MAX_POLICY_VIEW_BYTES:
+            self._policy_parts = []
+            raise ValueError(f"policy view larger than {MAX_POLICY_VIEW_BYTES} bytes")
+        if len(self._policy_parts) < command.parts:
+            return
+        data, self._policy_parts = b"".join(self._policy_parts), []
+        view = common_pb2.PolicyView()
+        try:
+            view.ParseFromString(data)
+        except DecodeError as error:
+            raise ValueError(f"policy view does not parse: {error}") from None
+        if self.policy is None:
+            self.policy = PolicyHook(view, self.flows)
+            self.policy.wall_offset = time.time() - time.monotonic()
+            engine.filter = self.policy
+        else:
+            self.policy.update(view, time.time())
 
     def report_events(self, engine: OutboundEngine | InboundEngine) -> None:
         if engine.events:
@@ -155,19 +209,35 @@ class Worker:
         poller.register(self.control, select.POLLIN)
         poller.register(data_fd, select.POLLIN)
         control_fd = self.control.fileno()
+        flows_fd = -1
+        if self.flows is not None:
+            flows_fd = self.flows.receive_fd
+            poller.register(flows_fd, select.POLLIN)
         next_poll = time.monotonic() + POLL_INTERVAL
         while self.running:
             ready = poller.poll(POLL_INTERVAL * 1000)
             now = time.monotonic()
+            policy = self.policy
+            if policy is not None:
+                policy.wall_offset = time.time() - now
             for fd, _mask in ready:
                 if fd == control_fd:
                     self.handle_control()
+                elif fd == flows_fd:
+                    self._receive_flows(now)
                 else:
                     round_(now)
             if now >= next_poll:
                 engine.poll(now)
                 self.report_events(engine)
                 next_poll = now + POLL_INTERVAL
+
+    def _receive_flows(self, now: float) -> None:
+        """The other worker's flow records, as they come (a miss also drains, see PolicyHook)."""
+        if self.policy is not None:
+            self.policy.drain(now + self.policy.wall_offset)
+        elif self.flows is not None:
+            self.flows.receive()  # no filter here (yet, or any more): nothing to keep
 
     def _outbound_round(self, engine: OutboundEngine, sender: UdpSender, now: float) -> None:
         buffer, view, tun_fd = self._buffer, self._view, self.tun_fd
@@ -209,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tun-fd", type=int, required=True)
     parser.add_argument("--udp-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--flow-send-fd", type=int, help="the flow channel to the other worker")
+    parser.add_argument("--flow-receive-fd", type=int, help="the flow channel from the other worker")
     args = parser.parse_args(argv)
     _die_with_parent()
     # The controller decides when we stop (a signal to the whole process group must not kill
@@ -218,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     udp = socket.socket(fileno=args.udp_fd)
     control = socket.socket(fileno=args.control_fd)
     control.setblocking(True)
-    worker = Worker(args.tun_fd, udp, control)
+    flows = None
+    if args.flow_send_fd is not None and args.flow_receive_fd is not None:
+        flows = FlowChannel(args.flow_send_fd, args.flow_receive_fd)
+    worker = Worker(args.tun_fd, udp, control, flows)
     try:
         worker.run()
     except (BrokenPipeError, ConnectionResetError):

@@ -8,6 +8,19 @@ packet of a new flow (which then enters the table). Only the side a rule names i
 open flows: a TCP SYN or an ICMP echo request in the reply direction is never a reply.
 A flow whose rule expired is re-checked against the remaining rules and dropped if none allows
 it, so just-in-time access ends on time on live flows too.
+
+Sharing flows (``share_flows=True``): where two copies of the filter each see one direction of
+the traffic (the data plane's two worker processes), each copy queues a ``FlowRecord`` whenever
+a flow is opened, first answered, sees a FIN or RST, or has been kept alive for half its timeout
+since the other copy last heard of it. The caller takes them (``take_flow_records``) and delivers
+them to the other copy (``import_flow_records``) before it forwards the packet that made them; if
+they cannot be delivered it gives them back (``retract_flow_records``): a flow that cannot be
+shared is not opened. A copy about to drop a packet for want of a flow may import what is waiting
+and ``recheck`` it. Imported flows are re-matched against the importer's own view.
+
+Fast path: a plain TCP or UDP packet (no options, fragments or state-changing flags) of an
+established flow is looked up by its raw address and port bytes (packet.peek_established),
+skipping the full parse; it gets the verdict the full path would give.
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from trellis.agent.filter.flows import (
+    FLOW_REPLIED,
     TCP_FIN_OPENER,
     TCP_FIN_RESPONDER,
     Flow,
@@ -36,10 +50,20 @@ from trellis.agent.filter.packet import (
     DropReason,
     MalformedPacket,
     Packet,
+    PacketBytes,
+    peek_established,
     pull_packet,
 )
+from trellis.agent.filter.records import FlowRecord, RecordKind
 from trellis.agent.filter.rules import Direction, MatchRule, RuleTable
 from trellis.v1 import common_pb2
+
+# A shared flow is announced again once its expiry has moved this fraction of its timeout past
+# what the other copy was last told.
+SHARE_REFRESH = 0.5
+# Records queued and not yet taken; beyond this they are not queued (and the flows' next packets
+# try again).
+MAX_PENDING_FLOW_RECORDS = 1024
 
 
 class Allow(enum.StrEnum):
@@ -69,13 +93,32 @@ class FilterCounters:
     verdicts: Mapping[Allow | DropReason, int]
     flows: int  # flows in the table now
     evictions: int  # unreplied flows evicted to make room
+    records_exported: int = 0  # flow records queued for the other copy
+    records_imported: int = 0  # flow records from the other copy applied here
+    records_refused: int = 0  # ... refused: no rule of this view allows the flow, or no room
+    records_lost: int = 0  # not queued: MAX_PENDING_FLOW_RECORDS were waiting
+
+
+@dataclass(frozen=True, slots=True)
+class FlowImport:
+    applied: int
+    refused: int
+
+
+# A fast-path entry: the flow, whether packets of this key are its replies, the rule the verdict
+# was made for, and that verdict.
+_FastEntry = tuple[Flow, bool, MatchRule, Verdict]
 
 
 class PacketFilter:
     """Build from the PolicyView of a NetworkMap (all peers) or from one PeerPolicy."""
 
     def __init__(
-        self, policy: common_pb2.PolicyView | common_pb2.PeerPolicy, *, limits: FlowLimits | None = None
+        self,
+        policy: common_pb2.PolicyView | common_pb2.PeerPolicy,
+        *,
+        limits: FlowLimits | None = None,
+        share_flows: bool = False,
     ) -> None:
         self._limits = limits or FlowLimits()
         self._rules = RuleTable(_peers_of(policy))
@@ -84,6 +127,15 @@ class PacketFilter:
         self._rule_flows: Counter[str] = Counter()
         self._rule_packets: Counter[str] = Counter()
         self._verdicts: Counter[Allow | DropReason] = Counter()
+        self._share = share_flows
+        self._records: list[FlowRecord] = []
+        self._record_counts: Counter[str] = Counter()
+        self._longest_timeout = max(
+            self._limits.tcp_established, self._limits.udp_replied, self._limits.other_replied
+        )
+        self._fast: dict[Direction, dict[bytes, _FastEntry]] = {Direction.OUTBOUND: {}, Direction.INBOUND: {}}
+        self._matched: tuple[Flow, bool] | None = None  # the flow the last full check used
+        self._flow_expired = False  # ... or ended because its rule expired
 
     @property
     def peers(self) -> frozenset[str]:
@@ -96,6 +148,8 @@ class PacketFilter:
         """
         self._rules = RuleTable(_peers_of(policy))
         self._fragments.clear()
+        for cache in self._fast.values():
+            cache.clear()
         dropped = 0
         for flow in self._flows:
             rule = self._rematch(flow, now, force=True)
@@ -114,20 +168,199 @@ class PacketFilter:
             verdicts=dict(self._verdicts),
             flows=len(self._flows),
             evictions=self._flows.evictions,
+            records_exported=self._record_counts["exported"],
+            records_imported=self._record_counts["imported"],
+            records_refused=self._record_counts["refused"],
+            records_lost=self._record_counts["lost"],
         )
 
-    def check(self, packet: bytes, direction: Direction, now: float, *, peer: str | None = None) -> Verdict:
+    def check(
+        self, packet: PacketBytes, direction: Direction, now: float, *, peer: str | None = None
+    ) -> Verdict:
         """Judge one inner IP packet travelling in ``direction``.
 
         ``peer``: the peer the packet comes from (INBOUND) or would go to (OUTBOUND), when the data
         plane knows it; only that peer's rules and flows then apply (anti-spoofing). ``now``: Unix
         time in seconds (rule expiry is wall-clock time).
         """
+        fast = peek_established(packet)
+        if fast is not None:
+            entry = self._fast[direction].get(fast[0])
+            if entry is not None:
+                verdict = self._established(entry, fast[1], now, peer)
+                if verdict is not None:
+                    return verdict
         try:
             parsed = pull_packet(packet)
         except MalformedPacket as malformed:
             return self._verdict(Verdict(allowed=False, reason=malformed.reason))
-        return self._verdict(self._judge(parsed, direction, now, peer))
+        self._matched = None
+        self._flow_expired = False
+        verdict = self._verdict(self._judge(parsed, direction, now, peer))
+        if fast is not None and self._matched is not None and verdict.allowed:
+            self._remember(direction, fast[0], *self._matched)
+        return verdict
+
+    def recheck(
+        self,
+        packet: PacketBytes,
+        direction: Direction,
+        now: float,
+        *,
+        previous: Verdict,
+        peer: str | None = None,
+    ) -> Verdict:
+        """Judge again a packet ``check`` just dropped (``previous``), after importing flow
+        records; only the new verdict is counted."""
+        self._verdicts[previous.reason] -= 1
+        if self._verdicts[previous.reason] <= 0:
+            del self._verdicts[previous.reason]
+        return self.check(packet, direction, now, peer=peer)
+
+    # --- sharing flows with another copy ------------------------------------------------------
+
+    @property
+    def has_flow_records(self) -> bool:
+        return bool(self._records)
+
+    def take_flow_records(self) -> list[FlowRecord]:
+        """The records queued since the last call (empty unless built with ``share_flows``)."""
+        records, self._records = self._records, []
+        return records
+
+    def import_flow_records(self, records: list[FlowRecord], now: float) -> FlowImport:
+        """Apply another copy's records. A flow new here must be allowed by a live rule of this
+        view for the same peer (else the record is refused); a known one takes the record's state
+        and expiry if later (up to the longest timeout from ``now``)."""
+        applied = refused = 0
+        for record in records:
+            if self._import(record, now):
+                applied += 1
+            else:
+                refused += 1
+        self._record_counts["imported"] += applied
+        self._record_counts["refused"] += refused
+        return FlowImport(applied=applied, refused=refused)
+
+    def retract_flow_records(self, records: list[FlowRecord], now: float) -> bool:
+        """``records`` (from take_flow_records) could not be delivered. The flows they opened are
+        closed again, and True returned: the packet that opened them must not be forwarded (its
+        retransmission will try again). Other records are queued again by the flows' next packets."""
+        opened = False
+        for record in records:
+            flow = self._flows.get(record.key, now)
+            if flow is None or flow.opened is not record.opened:
+                continue
+            if record.kind is RecordKind.NEW:
+                self._flows.remove(flow.key)
+                self._rule_flows[flow.rule.name] -= 1
+                self._rule_packets[flow.rule.name] -= 1
+                self._verdicts[Allow.NEW] -= 1
+                opened = True
+            else:
+                flow.shared_expires, flow.shared_bits = float("-inf"), 0
+        return opened
+
+    def _share_flow(self, flow: Flow, kind: RecordKind) -> None:
+        if len(self._records) >= MAX_PENDING_FLOW_RECORDS:
+            self._record_counts["lost"] += 1
+            return
+        self._records.append(
+            FlowRecord(
+                kind=kind,
+                key=flow.key,
+                opened=flow.opened,
+                peer_tag=self._rules.peer_tags[flow.rule.peer],
+                bits=flow.bits,
+                expires=flow.expires,
+            )
+        )
+        self._record_counts["exported"] += 1
+        flow.shared_bits |= flow.bits
+        flow.shared_expires = max(flow.shared_expires, flow.expires)
+
+    def _share_if_changed(self, flow: Flow, timeout: float) -> None:
+        if flow.bits & ~flow.shared_bits or flow.expires - flow.shared_expires > timeout * SHARE_REFRESH:
+            self._share_flow(flow, RecordKind.UPDATE)
+
+    def _import(self, record: FlowRecord, now: float) -> bool:
+        flow = self._flows.get(record.key, now)
+        if flow is not None and flow.opened is not record.opened:
+            return False
+        if record.kind is RecordKind.END:
+            if flow is not None:
+                self._flows.remove(flow.key)
+            return True
+        expires = min(record.expires, now + self._longest_timeout)
+        if expires <= now:
+            return False
+        if flow is not None:
+            flow.replied = flow.replied or bool(record.bits & FLOW_REPLIED)
+            flow.fins |= record.bits & (TCP_FIN_OPENER | TCP_FIN_RESPONDER)
+            flow.shared_bits |= record.bits
+            flow.shared_expires = max(flow.shared_expires, record.expires)
+            if flow.fins == TCP_FIN_OPENER | TCP_FIN_RESPONDER:  # closing: as if the FIN came here
+                flow.expires = min(flow.expires, now + self._limits.tcp_closing)
+            self._flows.extend(flow, expires)
+            return True
+        identity = self._rules.peer_of_tag.get(record.peer_tag)
+        if identity is None:
+            return False
+        version, protocol, src, _src_port, dst, dst_port = record.key
+        rule = self._rules.match(
+            record.opened,
+            version=version,
+            protocol=protocol,
+            src=src,
+            dst=dst,
+            dst_port=dst_port,
+            now=now,
+            peer=identity,
+        )
+        if rule is None:
+            return False
+        flow = Flow(
+            key=record.key,
+            opened=record.opened,
+            rule=rule,
+            replied=bool(record.bits & FLOW_REPLIED),
+            fins=record.bits & (TCP_FIN_OPENER | TCP_FIN_RESPONDER),
+            shared_expires=record.expires,
+            shared_bits=record.bits,
+        )
+        return self._flows.insert(flow, now, expires)
+
+    # --- the fast path ------------------------------------------------------------------------
+
+    def _established(self, entry: _FastEntry, protocol: int, now: float, peer: str | None) -> Verdict | None:
+        """The verdict for a later packet of a known flow, or None: let the full path decide."""
+        # Entries are made by the full path for a packet it let through with this flow, so the
+        # flow was (and stays) replied if these are its replies; the timeout follows its FINs.
+        flow, _reply, rule, verdict = entry
+        if (
+            flow.removed
+            or now >= flow.expires
+            or flow.rule is not rule
+            or flow.key[1] != protocol
+            or (rule.expires_at is not None and now >= rule.expires_at)
+            or (peer is not None and rule.peer != peer)
+        ):
+            return None
+        timeout = self._timeout(flow)
+        if self._share and now + timeout - flow.shared_expires > timeout * SHARE_REFRESH:
+            return None  # time to tell the other copy: the full path does it
+        self._flows.touch(flow, now, timeout)
+        self._verdicts[Allow.ESTABLISHED] += 1
+        self._rule_packets[rule.name] += 1
+        return verdict
+
+    def _remember(self, direction: Direction, key: bytes, flow: Flow, reply: bool) -> None:
+        if flow.removed:
+            return
+        cache = self._fast[direction]
+        if len(cache) >= self._limits.max_flows:
+            cache.clear()  # stale entries of removed flows pile up: start afresh
+        cache[key] = (flow, reply, flow.rule, _allowed(Allow.ESTABLISHED, flow.rule))
 
     # --- decisions ----------------------------------------------------------------------------
 
@@ -174,14 +407,35 @@ class PacketFilter:
             peer=peer,
         )
         if rule is None:
-            return Verdict(allowed=False, reason=DropReason.NO_RULE), None
+            return Verdict(allowed=False, reason=self._no_rule(packet, direction, now, peer)), None
         opens_flow = not packet.is_icmp or packet.echo_request
         if opens_flow and not packet.tcp_flags & TCP_RST:
             flow = Flow(key=_forward_key(packet), opened=direction, rule=rule)
             self._update_tcp(flow, packet, reply=False)
             if not self._flows.add(flow, now, self._timeout(flow)):
                 return Verdict(allowed=False, reason=DropReason.FLOW_TABLE_FULL), None
+            self._matched = (flow, False)
+            if self._share:
+                self._share_flow(flow, RecordKind.NEW)
         return _allowed(Allow.NEW, rule), rule
+
+    def _no_rule(self, packet: Packet, direction: Direction, now: float, peer: str | None) -> DropReason:
+        """EXPIRED when the packet's flow, or a rule that would have allowed it, has run out of
+        time; else NO_RULE."""
+        if self._flow_expired:
+            return DropReason.EXPIRED
+        expired = self._rules.match(
+            direction,
+            version=packet.version,
+            protocol=packet.protocol,
+            src=packet.src,
+            dst=packet.dst,
+            dst_port=packet.dst_port,
+            now=now,
+            peer=peer,
+            expired=True,
+        )
+        return DropReason.NO_RULE if expired is None else DropReason.EXPIRED
 
     def _existing(self, packet: Packet, direction: Direction, now: float, peer: str | None) -> Flow | None:
         """The flow in the table this packet continues or answers, if any (and keep its state)."""
@@ -198,12 +452,19 @@ class PacketFilter:
             return None
         if self._rematch(flow, now) is None:
             self._flows.remove(flow.key)
+            self._flow_expired = True
             return None
         self._update_tcp(flow, packet, reply=reply)
         if packet.tcp_flags & TCP_RST:
             self._flows.remove(flow.key)
+            if self._share:
+                self._share_flow(flow, RecordKind.END)
         else:
-            self._flows.touch(flow, now, self._timeout(flow))
+            timeout = self._timeout(flow)
+            self._flows.touch(flow, now, timeout)
+            self._matched = (flow, reply)
+            if self._share:
+                self._share_if_changed(flow, timeout)
         return flow
 
     def _related(

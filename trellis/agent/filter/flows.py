@@ -49,11 +49,18 @@ class FlowLimits:
 
 TCP_FIN_OPENER = 1
 TCP_FIN_RESPONDER = 2
+# Bits of the state a flow's packets change, as shared with another copy of the table: the FINs
+# seen (TCP_FIN_OPENER, TCP_FIN_RESPONDER) and whether a reply was seen.
+FLOW_REPLIED = 4
 
 
 @dataclass(slots=True)
 class Flow:
-    """A flow opened in ``opened`` direction; ``key`` is its first packet's tuple."""
+    """A flow opened in ``opened`` direction; ``key`` is its first packet's tuple.
+
+    ``shared_expires``/``shared_bits``: what the other copy of the table (another worker's
+    filter, see PacketFilter.take_flow_records) is known to hold of this flow. ``removed``: the
+    flow has left the table (caches that still point at it must let go)."""
 
     key: FlowKey
     opened: Direction
@@ -61,6 +68,13 @@ class Flow:
     replied: bool = False
     fins: int = 0
     expires: float = 0.0
+    shared_expires: float = float("-inf")
+    shared_bits: int = 0
+    removed: bool = False
+
+    @property
+    def bits(self) -> int:
+        return self.fins | (FLOW_REPLIED if self.replied else 0)
 
 
 class FlowTable:
@@ -79,7 +93,7 @@ class FlowTable:
     def get(self, key: FlowKey, now: float) -> Flow | None:
         flow = self._flows.get(key)
         if flow is not None and now >= flow.expires:
-            del self._flows[key]
+            self._delete(key)
             return None
         return flow
 
@@ -87,35 +101,50 @@ class FlowTable:
         flow.expires = now + timeout
         self._flows.move_to_end(flow.key)
 
+    def extend(self, flow: Flow, expires: float) -> None:
+        """Keep ``flow`` until ``expires`` at least (another copy of the table saw traffic)."""
+        if expires > flow.expires:
+            flow.expires = expires
+            self._flows.move_to_end(flow.key)
+
     def remove(self, key: FlowKey) -> None:
-        self._flows.pop(key, None)
+        if key in self._flows:
+            self._delete(key)
 
     def add(self, flow: Flow, now: float, timeout: float) -> bool:
         """Insert a new flow; False when the table is full of flows that may not be evicted."""
+        return self.insert(flow, now, now + timeout)
+
+    def insert(self, flow: Flow, now: float, expires: float) -> bool:
+        """Insert a new flow that lasts until ``expires``; False as for ``add``."""
         self._expire_oldest(now)
         if len(self._flows) >= self.limits.max_flows and not self._make_room(now):
             return False
-        flow.expires = now + timeout
+        flow.expires = expires
+        flow.removed = False
         self._flows[flow.key] = flow
         return True
+
+    def _delete(self, key: FlowKey) -> None:
+        self._flows.pop(key).removed = True
 
     def _expire_oldest(self, now: float) -> None:
         while self._flows:
             key, flow = next(iter(self._flows.items()))
             if now < flow.expires:
                 return
-            del self._flows[key]
+            self._delete(key)
 
     def _make_room(self, now: float) -> bool:
         if now - self._last_sweep >= FULL_SWEEP_INTERVAL:
             self._last_sweep = now
             for key in [k for k, f in self._flows.items() if now >= f.expires]:
-                del self._flows[key]
+                self._delete(key)
             if len(self._flows) < self.limits.max_flows:
                 return True
         for key, flow in itertools.islice(self._flows.items(), EARLY_DROP_SCAN):
             if not flow.replied:
-                del self._flows[key]
+                self._delete(key)
                 self.evictions += 1
                 return True
         return False

@@ -63,6 +63,7 @@ class DropReason(enum.StrEnum):
     UNSUPPORTED = "unsupported"
     TINY_FRAGMENT = "tiny-fragment"
     NO_RULE = "no-rule"
+    EXPIRED = "expired"  # only rules (or a flow's rule) whose time window has ended allow it
     FLOW_TABLE_FULL = "flow-table-full"
     FRAGMENT_UNKNOWN = "fragment-unknown"
 
@@ -121,7 +122,10 @@ class Packet:
 # --- pull ---------------------------------------------------------------------------------------
 
 
-def pull_packet(data: bytes) -> Packet:
+PacketBytes = bytes | bytearray | memoryview
+
+
+def pull_packet(data: PacketBytes) -> Packet:
     """Parse one inner IP packet. Raises MalformedPacket, nothing else."""
     return _pull(memoryview(data), quoted=False)
 
@@ -274,6 +278,52 @@ def _pull_l4(base: Packet, l4: memoryview, *, quoted: bool, first_fragment: bool
         if quote.version == base.version and not quote.icmp_error:
             return dataclasses.replace(packet, quoted=quote)
     return packet
+
+
+# TCP flags that change a flow's state: such segments always take the full path.
+_STATE_FLAGS = TCP_FIN | TCP_SYN | TCP_RST
+
+
+def peek_established(data: PacketBytes) -> tuple[bytes, int] | None:
+    """For the filter's fast path: the addresses and ports of a plain TCP or UDP packet as one
+    ``bytes`` key, and its protocol; None for anything else (options, extension headers,
+    fragments, a length that does not add up, a bad IPv4 header checksum, TCP SYN/FIN/RST),
+    which ``pull_packet`` must judge. A packet that passes here passes ``pull_packet`` too, with
+    the same fields."""
+    size = len(data)
+    if size < 28:
+        return None
+    first = data[0]
+    if first == 0x45:  # IPv4 without options
+        protocol, l4 = data[9], 20
+        if data[6] & 0xBF or data[7] or (data[2] << 8 | data[3]) != size:
+            return None  # reserved flag, MF, fragment offset, or trailing bytes
+        # The header checksum verifies when the ones' complement sum of its 16-bit words is
+        # 0xFFFF (RFC 1071), i.e. when the header read as one number is a multiple of 0xFFFF
+        # (2**16 is 1 modulo 0xFFFF) and not 0 (its first byte is not).
+        if int.from_bytes(data[:20]) % 0xFFFF:
+            return None
+        key = bytes(data[12:24])
+    elif first >> 4 == 6:
+        protocol, l4 = data[6], 40
+        if size < 48 or (data[4] << 8 | data[5]) != size - 40:
+            return None
+        key = bytes(data[8:44])
+    else:
+        return None
+    if protocol == PROTO_TCP:
+        if size - l4 < TCP_HEADER.size or data[l4 + 13] & _STATE_FLAGS:
+            return None
+        offset = (data[l4 + 12] >> 4) * 4
+        if offset < TCP_HEADER.size or offset > size - l4:
+            return None
+    elif protocol == PROTO_UDP:
+        length = data[l4 + 4] << 8 | data[l4 + 5]
+        if length < UDP_HEADER.size or length > size - l4:
+            return None
+    else:
+        return None
+    return key, protocol
 
 
 def _checksum(data: bytes | bytearray | memoryview) -> int:

@@ -7,6 +7,7 @@ that cannot be enforced raises ``InvalidPolicyView`` (the caller keeps its previ
 from __future__ import annotations
 
 import enum
+import hashlib
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ MAX_VIEW_PEERS = 65536
 MAX_RULES_PER_PEER = 4096
 MAX_PREFIXES_PER_RULE = 1024
 PORT_MAX = 65535
+PEER_TAG_BYTES = 8  # a peer identity as flow records carry it (see peer_tag)
 
 _Prefix = tuple[int, int]  # (network address, mask) as integers
 
@@ -32,6 +34,13 @@ class Direction(enum.StrEnum):
     @property
     def opposite(self) -> Direction:
         return Direction.INBOUND if self is Direction.OUTBOUND else Direction.OUTBOUND
+
+
+def peer_tag(identity: str) -> bytes:
+    """A short fixed-size stand-in for a peer identity (BLAKE2b): flow records shared between the
+    data plane's workers carry it instead of the identity, and each side maps it back through its
+    own view. Collisions between the identities of one view are refused when the view is built."""
+    return hashlib.blake2b(identity.encode(), digest_size=PEER_TAG_BYTES).digest()
 
 
 class InvalidPolicyView(ValueError):
@@ -126,6 +135,10 @@ class RuleTable:
                 rules.extend(_compile(peer.identity, direction, rule) for rule in filter_rules)
         self.rules: tuple[MatchRule, ...] = tuple(rules)
         self.peers = frozenset(peer.identity for peer in peers)
+        self.peer_tags = {identity: peer_tag(identity) for identity in self.peers}
+        self.peer_of_tag = {tag: identity for identity, tag in self.peer_tags.items()}
+        if len(self.peer_of_tag) != len(self.peer_tags):
+            raise InvalidPolicyView("two peer identities share a flow-record tag")
         self._index: dict[tuple[Direction, int, int], tuple[MatchRule, ...]] = {}
 
     def _candidates(self, direction: Direction, version: int, protocol: int) -> tuple[MatchRule, ...]:
@@ -152,12 +165,14 @@ class RuleTable:
         dst_port: int,
         now: float,
         peer: str | None = None,
+        expired: bool = False,
     ) -> MatchRule | None:
-        """The first live rule allowing a flow opened in ``direction`` (of ``peer`` if given)."""
+        """The first live rule allowing a flow opened in ``direction`` (of ``peer`` if given);
+        with ``expired``, the first rule that would allow it but is no longer live."""
         for rule in self._candidates(direction, version, protocol):
             if (
                 (peer is None or rule.peer == peer)
-                and rule.live(now)
+                and rule.live(now) is not expired
                 and rule.matches(version, protocol, src, dst, dst_port)
             ):
                 return rule

@@ -12,7 +12,9 @@ Public API (what ``trellis-agent run --config`` uses, and what the mesh reconcil
     runtime.start()                               # initiate the configured peers
     await runtime.run(stop, on_tick=write_status) # until stop; SiteFailed if the data plane fails
     runtime.snapshot()                            # the status document (status.py)
-    await runtime.set_filter(policy_filter)       # the data plane's packet filter hook
+    await runtime.set_policy(view)                # enforce a PolicyView (None: no filter); later
+                                                  # views keep the flows they still allow
+    await runtime.set_filter(policy_filter)       # or a packet filter hook of your own
 
 The sans-IO part, ``TunnelTable`` (tunnels.py), decides what the data plane and the engine must
 do about each event; ``SiteRuntime`` (runtime.py) only carries it out.

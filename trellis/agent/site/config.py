@@ -3,6 +3,12 @@
 
     state_dir: /var/lib/trellis      # where the running agent writes tunnels.json (its status);
                                      # --state-dir overrides; relative to this file
+    policy_view: view.binpb          # optional; relative to this file: a trellis.v1.PolicyView
+                                     # (binary or JSON) that the data plane enforces on every
+                                     # packet, as the controller's view would be (stateful:
+                                     # only the side a rule names opens flows, replies pass).
+                                     # Re-read on SIGHUP; flows the new view allows go on.
+                                     # Without it everything the SAs carry passes.
     dataplane:
       backend: userspace             # or none: IKE only, ESP left to something else
       tun_name: trellis0
@@ -19,6 +25,13 @@
       fail_closed: true              # route the configured remote selectors into the tunnel
                                      # device from the start: while a tunnel is down, its
                                      # traffic is dropped, never sent in clear
+
+The policy view is what the controller compiles for this site (trellis.controller.policy:
+compile_view, then wire.view_to_proto): its peers are named by identity, its rules use inner
+(LAN) addresses, and each site enforces its own view, outbound and inbound, whatever its peer
+does. The file is checked at start and on every reload (a bad one is refused and the previous
+view stays). It lets an operator filter a static site, e.g. an external gateway that gets no
+view from a controller, with the same rules and the same compiler.
 
 With the userspace backend the data plane carries ESP in UDP only, so every peer's
 ``encapsulation`` must stay ``forced`` (the default). The key log (``keylog: DIR``) gets the
@@ -42,7 +55,7 @@ from trellis.agent.ike.config import PeerConfig
 from trellis.agent.ikeconfig import MAX_CONFIG_BYTES, ConfigError, StaticConfig, parse_static_config
 from trellis.agent.site.tunnels import EspPolicy, SiteConfigError, selector_networks
 
-SITE_SECTIONS = ("dataplane", "state_dir")
+SITE_SECTIONS = ("dataplane", "state_dir", "policy_view")
 TUN_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1
 MIN_UNDERLAY_MTU = 576
 MAX_UNDERLAY_MTU = 65535
@@ -72,6 +85,7 @@ class SiteConfig:
     ike: StaticConfig
     dataplane: DataplaneSettings
     state_dir: Path | None = None
+    policy_view: Path | None = None  # read by the running site (policyfile.load_policy_view)
 
 
 _BOOLEANS = ("gro", "tso", "clamp_mss", "fail_closed")
@@ -164,8 +178,15 @@ def parse_site_config(text: str, *, base: Path) -> SiteConfig:
             raise _fail("state_dir", "expected a directory name")
         state_dir = Path(own["state_dir"])
         state_dir = state_dir if state_dir.is_absolute() else base / state_dir
+    policy_view = None
+    if own.get("policy_view") is not None:
+        if not isinstance(own["policy_view"], str) or not own["policy_view"]:
+            raise _fail("policy_view", "expected a file name")
+        policy_view = Path(own["policy_view"])
+        policy_view = policy_view if policy_view.is_absolute() else base / policy_view
     ike = parse_static_config(yaml.safe_dump(document, sort_keys=False), base=base)
-    return with_backend(SiteConfig(ike=ike, dataplane=dataplane, state_dir=state_dir), dataplane.backend)
+    config = SiteConfig(ike=ike, dataplane=dataplane, state_dir=state_dir, policy_view=policy_view)
+    return with_backend(config, dataplane.backend)
 
 
 def with_backend(config: SiteConfig, backend: Backend) -> SiteConfig:

@@ -20,7 +20,9 @@ The seam, in full:
 * data-plane lifetime events and the inbound packet counters go through the table back to the
   engine (rekey, delete, liveness);
 * a data plane that fails (a worker died, an SA would not install) stops the site:
-  ``run`` raises ``SiteFailed`` saying why, after IKE told its peers goodbye.
+  ``run`` raises ``SiteFailed`` saying why, after IKE told its peers goodbye;
+* ``set_policy(view)`` makes the data plane enforce the site's PolicyView (its packet filter);
+  the runtime keeps the latest view and gives it to a data plane that starts later.
 
 With no data plane (``dataplane=None``) the shell binds both ports itself and the site runs IKE
 only (ESP on port 4500 then reaches the shell's ``on_esp`` hook, unused here).
@@ -67,6 +69,7 @@ from trellis.agent.site.tunnels import (
     RemoveSa,
     TunnelTable,
 )
+from trellis.v1 import common_pb2
 
 log = logging.getLogger("trellis.agent.site")
 
@@ -142,6 +145,9 @@ class SiteRuntime:
         self._failure: str | None = None
         self._failed_event = asyncio.Event()
         self._closed = False
+        self.policy: common_pb2.PolicyView | None = None
+        self.policy_applied_at: float | None = None
+        self._policy_lock = asyncio.Lock()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -160,8 +166,12 @@ class SiteRuntime:
             if self._factory is None:
                 await self.shell.open(bind_address)
                 return
-            self.dataplane = self._factory(self._ike_from_dataplane, self._lifetime_event)
-            await self.dataplane.start()
+            async with self._policy_lock:
+                self.dataplane = self._factory(self._ike_from_dataplane, self._lifetime_event)
+                await self.dataplane.start()
+                if self.policy is not None:
+                    await self.dataplane.set_policy(self.policy)
+                    self.policy_applied_at = self.clock()
             await self.shell.open(bind_address, nat_t=_NatTPort(self.dataplane))
             if self.shell.transport is not None:
                 self.shell.attach(_Gate(self, self.shell.transport))
@@ -236,10 +246,26 @@ class SiteRuntime:
         self.shell.flush()
 
     async def set_filter(self, packet_filter: PacketFilter | None) -> None:
-        """The policy filter the data plane asks about every packet (None: allow all)."""
+        """A filter of your own the data plane asks about every packet (None: allow all); it
+        replaces the policy view's filter."""
         if self.dataplane is None:
             raise DataplaneError("this site runs without a data plane")
         await self.dataplane.set_filter(packet_filter)
+        self.policy = None
+
+    async def set_policy(self, view: common_pb2.PolicyView | None) -> None:
+        """Enforce ``view`` on the site's traffic from now on; flows it still allows go on.
+        None: no policy filter (everything the SAs carry passes). Kept for a data plane that
+        is not started yet; without one (IKE only) there is nothing to enforce it. Raises
+        InvalidPolicyView (a ValueError) if the view cannot be enforced, DataplaneError if the
+        data plane failed; the previous view stays in force either way."""
+        async with self._policy_lock:  # not while open() starts the data plane
+            if self.dataplane is not None:
+                await self.dataplane.set_policy(view)
+                self.policy_applied_at = self.clock()
+            elif self._factory is None:
+                log.info("no data plane here: policy version %s not enforced", view and view.policy_version)
+            self.policy = view
 
     async def wait_applied(self) -> None:
         """Until every data-plane change asked for so far is in place."""
@@ -250,8 +276,17 @@ class SiteRuntime:
         """The site's status document (IKE SAs with their data-plane counters; see status.py)."""
         from trellis.agent.site.status import site_status
 
+        policy = None
+        if self.policy is not None:
+            policy = {
+                "version": self.policy.policy_version,
+                "peers": len(self.policy.peers),
+                "enforced": self.dataplane is not None and self.policy_applied_at is not None,
+                "applied_at": self.policy_applied_at,
+            }
         return site_status(
             [asdict(sa) for sa in self.engine.status()],
+            policy=policy,
             counters=self.counters,
             backend=self.backend,
             routes=self.table.routes,

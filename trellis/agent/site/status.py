@@ -8,6 +8,8 @@ configuration's ``status_file`` if one is given) every second and whenever an SA
       "time": 1767225600.0, "pid": 1234, "started_at": ..., "backend": "userspace",
       "failed": null,                      # or why the data plane stopped
       "routes": ["10.2.0.0/24"],           # prefixes routed into the tunnel device
+      "policy": {"version": 3, "peers": 2, "enforced": true, "applied_at": ...},
+                                           # the PolicyView in force, or null: no policy filter
       "ike_sas": [                         # as trellis.agent.ike.status.IkeSaStatus, plus:
         {"peer": "hq", "spi_i": "...", "spi_r": "...", "state": "established", ...,
          "children": [
@@ -41,6 +43,7 @@ STATUS_FILE_NAME = "tunnels.json"
 def site_status(
     ike_sas: list[dict[str, Any]],
     *,
+    policy: dict[str, Any] | None = None,
     counters: DataplaneCounters | None,
     backend: str,
     routes: Sequence[IPNetwork],
@@ -71,6 +74,7 @@ def site_status(
         "backend": backend,
         "failed": failed,
         "routes": [str(prefix) for prefix in routes],
+        "policy": policy,
         "ike_sas": ike_sas,
         "dataplane": dataplane,
     }
@@ -129,6 +133,13 @@ def render_site_status(document: dict[str, Any], *, running: bool | None = None)
     if dataplane is not None:
         lines[-1] += f", TUN MTU {dataplane['tun_mtu']}"
         lines.append(f"routes:       {', '.join(document['routes']) or '-'}")
+        policy = document.get("policy")
+        lines.append(
+            "policy:       none (everything the SAs carry passes)"
+            if policy is None
+            else f"policy:       version {policy['version']}, {policy['peers']} peers"
+            + ("" if policy["enforced"] else " (not enforced)")
+        )
         lines.append(f"drops:        {_drops(dataplane['drops'])}")
         if dataplane.get("policy_reasons"):
             lines.append(f"policy drops: {_drops(dataplane['policy_reasons'])}")
