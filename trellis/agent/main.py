@@ -18,15 +18,11 @@ from cryptography import x509
 
 from trellis import __version__
 from trellis.agent.control.client import (
-    ConnectionState,
-    ControlClient,
     ControlError,
-    default_enroll_address,
-    enroll,
-    split_host_port,
 )
 from trellis.agent.control.state import SETTINGS_FILE, StateDir, StateError
 from trellis.agent.dataplane.backend import DataplaneError
+from trellis.agent.managed import EXIT_ERROR, EXIT_OK, run_managed, token_from
 from trellis.agent.site.config import Backend
 from trellis.agent.site.runtime import SiteFailed
 from trellis.agent.site.status import STATUS_FILE_NAME, read_status_file, render_site_status
@@ -37,10 +33,7 @@ from trellis.v1.token import TokenFormatError
 
 log = logging.getLogger("trellis.agent")
 
-EXIT_OK = 0
-EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_IDENTITY_UNUSABLE = 3  # revoked or expired: only a new join token helps
 DEFAULT_IKE_PORT = 500
 
 
@@ -56,18 +49,6 @@ def _endpoint(text: str) -> common_pb2.Endpoint:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"invalid endpoint port in {text!r}")
     return common_pb2.Endpoint(address=host, port=int(port))
-
-
-def facing_address(controller: str) -> str | None:
-    """The local address the kernel would use towards the controller (no packet is sent)."""
-    host, port = split_host_port(controller)
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0][0]
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.connect((host, port))
-            return str(probe.getsockname()[0])
-    except OSError:
-        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,7 +97,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--token", help="join token (prefer --token-file or TRELLIS_TOKEN: argv is visible to all)"
     )
     run.add_argument("--token-file", type=Path, help="file holding the join token")
-    run.add_argument("--key-type", choices=("ecdsa-p256", "ed25519"), default="ecdsa-p256")
+    mesh = run.add_argument_group(
+        "the site (with a controller)",
+        "IKE and the data plane, building the tunnels the network map allows",
+    )
+    mesh.add_argument(
+        "--mesh",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the site; --no-mesh runs the control plane only (enrollment, renewal, the map)",
+    )
+    mesh.add_argument("--bind", default="0.0.0.0", help="local address for IKE and ESP (default: all)")
+    mesh.add_argument("--ike-port", type=int, default=500, help="UDP port for IKE (default 500)")
+    mesh.add_argument(
+        "--nat-t-port", type=int, default=4500, help="UDP port for IKE/ESP-in-UDP (default 4500)"
+    )
+    mesh.add_argument("--tun-name", default="trellis0", help="the tunnel device (default trellis0)")
+    mesh.add_argument(
+        "--underlay-mtu", type=int, default=1500, help="MTU of the path to peers (default 1500)"
+    )
+    mesh.add_argument(
+        "--keylog",
+        type=Path,
+        metavar="DIR",
+        help="write Wireshark key logs (ikev2_decryption_table, esp_sa; 0600) to DIR: troubleshooting only",
+    )
     run.add_argument(
         "--endpoint",
         type=_endpoint,
@@ -146,22 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _token(args: argparse.Namespace) -> str | None:
-    if args.token:
-        return str(args.token)
-    if args.token_file:
-        try:
-            return str(args.token_file.read_text().strip())
-        except OSError as e:
-            raise StateError(f"cannot read {args.token_file}: {e.strerror}") from None
-    return os.environ.get("TRELLIS_TOKEN")
-
-
 async def run_static(args: argparse.Namespace) -> int:
     from trellis.agent.site.config import load_site_config, with_backend
     from trellis.agent.site.static import StaticSite
 
-    if args.controller or _token(args):
+    if args.controller or token_from(args):
         raise StateError("--config runs static peers without a controller: drop --controller and the token")
     # netlink chatter (every route and link message) would drown the agent's own debug log
     logging.getLogger("pyroute2").setLevel(max(logging.INFO, logging.getLogger().level))
@@ -186,69 +180,7 @@ async def run_static(args: argparse.Namespace) -> int:
 async def run(args: argparse.Namespace) -> int:
     if args.config is not None:
         return await run_static(args)
-    if args.state_dir is None:
-        raise StateError("give --state-dir (or --config FILE for static peers)")
-    state = StateDir(args.state_dir)
-    token = _token(args)
-    if not state.enrolled or (token and _expired(state)):
-        if not token or not args.controller:
-            raise StateError(
-                f"{args.state_dir} holds no usable identity: give --controller HOST:PORT and a join token"
-            )
-        enroll_address = args.enroll_address or default_enroll_address(args.controller)
-        await enroll(
-            state,
-            controller=args.controller,
-            enroll_address=enroll_address,
-            token_text=token,
-        )
-    elif token:
-        log.warning("already enrolled as %s; ignoring the join token", state.load_settings().identity)
-    settings = state.load_settings()
-    if args.controller and args.controller != settings.controller:
-        log.info("controller address changed from %s to %s", settings.controller, args.controller)
-        settings = type(settings)(
-            controller=args.controller,
-            enroll=args.enroll_address or default_enroll_address(args.controller),
-            site=settings.site,
-            identity=settings.identity,
-        )
-        state.save_settings(settings)
-    identity = state.load_identity()
-    endpoints = list(args.endpoint)
-    if not endpoints:
-        address = facing_address(settings.controller)
-        if address:
-            endpoints = [common_pb2.Endpoint(address=address, port=DEFAULT_IKE_PORT)]
-    client = ControlClient(
-        state=state,
-        settings=settings,
-        identity=identity,
-        endpoints=endpoints,
-        max_backoff=args.max_backoff,
-    )
-    print(
-        f"trellis-agent {__version__}: {settings.identity}, certificate {identity.serial} valid until "
-        f"{identity.certificate.not_valid_after_utc.isoformat()}",
-        flush=True,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    final = await client.run(stop)
-    if final in (ConnectionState.REVOKED, ConnectionState.EXPIRED):
-        print(f"trellis-agent: {final.value}: {client.last_error}", file=sys.stderr)
-        return EXIT_IDENTITY_UNUSABLE
-    return EXIT_OK
-
-
-def _expired(state: StateDir) -> bool:
-    try:
-        certificate = state.load_identity().certificate
-    except StateError:
-        return True
-    return certificate.not_valid_after_utc <= dt.datetime.now(dt.UTC)
+    return await run_managed(args)
 
 
 def _pid_alive(pid: Any) -> bool:

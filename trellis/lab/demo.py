@@ -7,12 +7,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from trellis.lab.ports import free_port_pair
 
 BIN = Path(sys.executable).parent
 SITES = (("branch-a", "10.1.0.0/24", "region=eu"), ("dc-1", "10.9.0.0/16", "role=dc"))
@@ -33,20 +34,6 @@ STARTUP_TIMEOUT = 30.0
 
 class DemoError(RuntimeError):
     pass
-
-
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    raise DemoError("no two consecutive free ports on loopback")
 
 
 def _command(*args: str, env: dict[str, str] | None = None) -> str:
@@ -85,7 +72,7 @@ def run_demo(directory: Path, *, keep_running: bool) -> int:
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     data = directory / "controller"
-    port = _free_port_pair()
+    port = free_port_pair()
     env = {
         **os.environ,
         "TRELLIS_CONTROLLER": f"127.0.0.1:{port}",
@@ -137,6 +124,7 @@ def run_demo(directory: Path, *, keep_running: bool) -> int:
                 str(directory / name),
                 "--controller",
                 f"127.0.0.1:{port}",
+                "--no-mesh",  # both agents share loopback: control plane only (trellis-lab up has tunnels)
                 extra_env={"TRELLIS_TOKEN": added["token"]["token"]},
             )
         (directory / "policy.yaml").write_text(POLICY)

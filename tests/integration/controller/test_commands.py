@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,22 +14,9 @@ from typing import Any
 
 import pytest
 
+from trellis.lab.ports import free_port_pair
+
 BIN = Path(sys.executable).parent
-
-
-def free_port_pair() -> int:
-    """A port p such that p and p+1 were free a moment ago (the controller takes both)."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return int(port)
-    raise RuntimeError("no two consecutive free ports")
 
 
 def run(
@@ -261,6 +247,7 @@ def test_an_operator_session(tmp_path: Path, processes: list[Process]) -> None:
         f"127.0.0.1:{port}",
         "--endpoint",
         "192.0.2.1",
+        "--no-mesh",  # two agents on one loopback: the control plane only
         log=tmp_path / "a.log",
         env=agent_env,
     )
@@ -276,6 +263,7 @@ def test_an_operator_session(tmp_path: Path, processes: list[Process]) -> None:
         token_b,
         "--endpoint",
         "192.0.2.2:4500",
+        "--no-mesh",
         log=tmp_path / "b.log",
     )
     processes.append(agent_b)
@@ -320,7 +308,9 @@ def test_an_operator_session(tmp_path: Path, processes: list[Process]) -> None:
     # A restarted agent without its controller starts from its stored map.
     controller.stop()
     agent_b.stop()
-    restarted = Process("trellis-agent", "run", "--state-dir", str(tmp_path / "b"), log=tmp_path / "b2.log")
+    restarted = Process(
+        "trellis-agent", "run", "--state-dir", str(tmp_path / "b"), "--no-mesh", log=tmp_path / "b2.log"
+    )
     processes.append(restarted)
     restarted.wait_for_output("starting from the stored map")
     wait_until(lambda: agent_status(tmp_path / "b")["connection"] == "disconnected", what="b disconnected")

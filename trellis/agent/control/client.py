@@ -185,6 +185,7 @@ class ControlClient:
     identity: AgentIdentity
     endpoints: Sequence[common_pb2.Endpoint] = ()
     on_map: MapHandler | None = None
+    on_identity: Callable[[AgentIdentity], None] | None = None  # after each renewal
     max_backoff: float = DEFAULT_MAX_BACKOFF
     clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
     rng: random.Random = field(default_factory=random.Random)
@@ -294,6 +295,8 @@ class ControlClient:
         identity, _ = _identity_from(key, response.certificate_der, response.ca_bundle_der, self.me)
         self.state.save_identity(identity)
         self.identity = identity
+        if self.on_identity is not None:
+            self.on_identity(identity)
         log.info(
             "renewed certificate: %s valid until %s",
             identity.serial,

@@ -31,7 +31,7 @@ from trellis.agent.ike.engine import IkeEngine
 from trellis.agent.ike.events import Event, event_record
 from trellis.agent.ike.keylogfile import KeyLog
 from trellis.agent.ike.shell import address_resolver
-from trellis.agent.site.config import Backend, SiteConfig, pinned_routes
+from trellis.agent.site.config import Backend, DataplaneSettings, SiteConfig, pinned_routes
 from trellis.agent.site.policyfile import load_policy_view
 from trellis.agent.site.runtime import DataplaneFactory, SiteRuntime
 from trellis.agent.site.status import STATUS_FILE_NAME, write_status_file
@@ -41,12 +41,14 @@ log = logging.getLogger("trellis.agent.site")
 STATE_DIR_MODE = 0o700
 
 
-def userspace_factory(config: SiteConfig) -> DataplaneFactory:
-    settings = config.dataplane
+def userspace_factory(
+    settings: DataplaneSettings, *, listen_address: str, listen_port: int
+) -> DataplaneFactory:
+    """Makes the userspace data plane (TUN device, UDP ``listen_port`` for ESP and IKE NAT-T)."""
     userspace = UserspaceConfig(
         tun_name=settings.tun_name,
-        listen_address=config.ike.bind_address,
-        listen_port=config.ike.settings.nat_t_port,
+        listen_address=listen_address,
+        listen_port=listen_port,
         underlay_mtu=settings.underlay_mtu,
         tso=settings.tso,
         gro=settings.gro,
@@ -87,7 +89,11 @@ class StaticSite:
         userspace = config.dataplane.backend is Backend.USERSPACE
         self.runtime = SiteRuntime(
             engine,
-            dataplane=userspace_factory(config) if userspace else None,
+            dataplane=userspace_factory(
+                config.dataplane, listen_address=ike.bind_address, listen_port=ike.settings.nat_t_port
+            )
+            if userspace
+            else None,
             esp=config.dataplane.esp,
             pinned_routes=pinned_routes(ike.peers) if userspace and config.dataplane.fail_closed else (),
             on_event=self._event,
