@@ -18,9 +18,9 @@ they cannot be delivered it gives them back (``retract_flow_records``): a flow t
 shared is not opened. A copy about to drop a packet for want of a flow may import what is waiting
 and ``recheck`` it. Imported flows are re-matched against the importer's own view.
 
-Fast path: a plain TCP or UDP packet (no options, fragments or state-changing flags) of an
-established flow is looked up by its raw address and port bytes (packet.peek_established),
-skipping the full parse; it gets the verdict the full path would give.
+Fast path: a plain TCP, UDP or ICMP echo packet (no options, fragments or state-changing
+flags) of an established flow is looked up by its raw address and port (or echo) bytes
+(packet.peek_established), skipping the full parse; it gets the verdict the full path would give.
 """
 
 from __future__ import annotations
