@@ -106,8 +106,8 @@ class FlowImport:
 
 
 # A fast-path entry: the flow, whether packets of this key are its replies, the rule the verdict
-# was made for, and that verdict.
-_FastEntry = tuple[Flow, bool, MatchRule, Verdict]
+# was made for, that verdict, and the cell counting the rule's fast-path packets.
+_FastEntry = tuple[Flow, bool, MatchRule, Verdict, list[int]]
 
 
 class PacketFilter:
@@ -134,6 +134,7 @@ class PacketFilter:
             self._limits.tcp_established, self._limits.udp_replied, self._limits.other_replied
         )
         self._fast: dict[Direction, dict[bytes, _FastEntry]] = {Direction.OUTBOUND: {}, Direction.INBOUND: {}}
+        self._fast_packets: dict[str, list[int]] = {}  # per rule: packets let through by the fast path
         self._matched: tuple[Flow, bool] | None = None  # the flow the last full check used
         self._flow_expired = False  # ... or ended because its rule expired
 
@@ -150,6 +151,8 @@ class PacketFilter:
         self._fragments.clear()
         for cache in self._fast.values():
             cache.clear()
+        self._fold_fast_packets()
+        self._fast_packets.clear()  # no entry holds a cell any more
         dropped = 0
         for flow in self._flows:
             rule = self._rematch(flow, now, force=True)
@@ -158,7 +161,16 @@ class PacketFilter:
                 dropped += 1
         return dropped
 
+    def _fold_fast_packets(self) -> None:
+        """Move the fast path's packet counts into the counters (its entries keep their cells)."""
+        for name, cell in self._fast_packets.items():
+            if cell[0]:
+                self._rule_packets[name] += cell[0]
+                self._verdicts[Allow.ESTABLISHED] += cell[0]
+                cell[0] = 0
+
     def counters(self) -> FilterCounters:
+        self._fold_fast_packets()
         names = self._rule_flows.keys() | self._rule_packets.keys()
         return FilterCounters(
             rules={
@@ -336,7 +348,7 @@ class PacketFilter:
         """The verdict for a later packet of a known flow, or None: let the full path decide."""
         # Entries are made by the full path for a packet it let through with this flow, so the
         # flow was (and stays) replied if these are its replies; the timeout follows its FINs.
-        flow, _reply, rule, verdict = entry
+        flow, _reply, rule, verdict, packets = entry
         if (
             flow.removed
             or now >= flow.expires
@@ -350,8 +362,7 @@ class PacketFilter:
         if self._share and now + timeout - flow.shared_expires > timeout * SHARE_REFRESH:
             return None  # time to tell the other copy: the full path does it
         self._flows.touch(flow, now, timeout)
-        self._verdicts[Allow.ESTABLISHED] += 1
-        self._rule_packets[rule.name] += 1
+        packets[0] += 1
         return verdict
 
     def _remember(self, direction: Direction, key: bytes, flow: Flow, reply: bool) -> None:
@@ -360,7 +371,8 @@ class PacketFilter:
         cache = self._fast[direction]
         if len(cache) >= self._limits.max_flows:
             cache.clear()  # stale entries of removed flows pile up: start afresh
-        cache[key] = (flow, reply, flow.rule, _allowed(Allow.ESTABLISHED, flow.rule))
+        cell = self._fast_packets.setdefault(flow.rule.name, [0])
+        cache[key] = (flow, reply, flow.rule, _allowed(Allow.ESTABLISHED, flow.rule), cell)
 
     # --- decisions ----------------------------------------------------------------------------
 

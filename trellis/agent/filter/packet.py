@@ -297,7 +297,7 @@ def peek_established(data: PacketBytes) -> tuple[bytes, int] | None:
         return None
     first = data[0]
     if first == 0x45:  # IPv4 without options
-        protocol, l4, icmp, echoes = data[9], 20, PROTO_ICMP, _ECHOES_V4
+        protocol, l4, icmp, echoes, addresses = data[9], 20, PROTO_ICMP, _ECHOES_V4, 12
         if data[6] & 0xBF or data[7] or (data[2] << 8 | data[3]) != size:
             return None  # reserved flag, MF, fragment offset, or trailing bytes
         # The header checksum verifies when the ones' complement sum of its 16-bit words is
@@ -305,12 +305,10 @@ def peek_established(data: PacketBytes) -> tuple[bytes, int] | None:
         # (2**16 is 1 modulo 0xFFFF) and not 0 (its first byte is not).
         if int.from_bytes(data[:20]) % 0xFFFF:
             return None
-        addresses = bytes(data[12:20])
     elif first >> 4 == 6:
-        protocol, l4, icmp, echoes = data[6], 40, PROTO_ICMPV6, _ECHOES_V6
+        protocol, l4, icmp, echoes, addresses = data[6], 40, PROTO_ICMPV6, _ECHOES_V6, 8
         if size < 48 or (data[4] << 8 | data[5]) != size - 40:
             return None
-        addresses = bytes(data[8:40])
     else:
         return None
     if protocol == PROTO_TCP:
@@ -319,14 +317,14 @@ def peek_established(data: PacketBytes) -> tuple[bytes, int] | None:
         offset = (data[l4 + 12] >> 4) * 4
         if offset < TCP_HEADER.size or offset > size - l4:
             return None
-        return addresses + bytes(data[l4 : l4 + 4]), protocol
+        return bytes(data[addresses : l4 + 4]), protocol  # addresses and ports
     if protocol == PROTO_UDP:
         length = data[l4 + 4] << 8 | data[l4 + 5]
         if length < UDP_HEADER.size or length > size - l4:
             return None
-        return addresses + bytes(data[l4 : l4 + 4]), protocol
+        return bytes(data[addresses : l4 + 4]), protocol
     if protocol == icmp and data[l4] in echoes:  # 8 bytes are there: size >= l4 + 8
-        return addresses + bytes(data[l4 : l4 + 2]) + bytes(data[l4 + 4 : l4 + 6]), protocol
+        return bytes(data[addresses : l4 + 2]) + bytes(data[l4 + 4 : l4 + 6]), protocol  # type, identifier
     return None
 
 
