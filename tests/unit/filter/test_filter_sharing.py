@@ -331,6 +331,32 @@ def test_an_update_keeps_shared_flows_it_allows() -> None:
     dropped(inbound.check(udp(SERVER, HOST, 53, 5353), IN, T0 + 1), DropReason.NO_RULE)
 
 
+def test_a_record_the_old_view_refuses_is_applied_with_the_new_one() -> None:
+    old = view(peer(DC, outbound=[rule("dns", [LOCAL4], [DC4], PROTO_UDP, (53, 53))], inbound=[]))
+    new = view(
+        peer(
+            DC,
+            outbound=[
+                rule("dns", [LOCAL4], [DC4], PROTO_UDP, (53, 53)),
+                rule("web", [LOCAL4], [DC4], PROTO_TCP),
+            ],
+            inbound=[],
+        )
+    )
+    out, inbound = copies(old)
+    out.update(new, T0)  # the outbound copy has the new view first ...
+    allowed(out.check(tcp(HOST, SERVER, 40000, 443, TCP_SYN), OUT, T0), Allow.NEW, "web")
+    assert inbound.import_flow_records(out.take_flow_records(), T0).refused == 1  # ... not this one
+    synack = tcp(SERVER, HOST, 443, 40000, TCP_SYN | TCP_ACK)
+    dropped(inbound.check(synack, IN, T0), DropReason.NO_RULE)
+    inbound.update(new, T0 + 0.01)  # a moment later
+    allowed(inbound.check(synack, IN, T0 + 0.02), Allow.ESTABLISHED, "web")
+    # a record no view allows is not kept past its expiry
+    inbound.update(old, T0 + 1)
+    inbound.update(new, T0 + 40)
+    dropped(inbound.check(synack, IN, T0 + 40), DropReason.NO_RULE)
+
+
 # --- the fast path gives the full path's verdicts ------------------------------------------------
 
 
