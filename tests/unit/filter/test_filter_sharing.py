@@ -527,3 +527,22 @@ def test_fast_path_reads_what_the_full_parse_reads(sample: bytes, changes: list[
         assert key[2 * width + 2 :] == packet.src_port.to_bytes(2)
     else:
         assert key[2 * width :] == packet.src_port.to_bytes(2) + packet.dst_port.to_bytes(2)
+
+
+def test_a_flow_replaced_by_the_same_tuple_opened_the_other_way_leaves_the_fast_path() -> None:
+    both = view(
+        peer(
+            DC,
+            outbound=[rule("out-udp", [LOCAL4, DC4], [DC4, LOCAL4], PROTO_UDP)],
+            inbound=[rule("in-udp", [LOCAL4, DC4], [DC4, LOCAL4], PROTO_UDP)],
+        )
+    )
+    f = PacketFilter(both)
+    inbound_first = udp(SERVER, HOST, 53, 5353)
+    allowed(f.check(inbound_first, IN, T0), Allow.NEW, "in-udp")
+    allowed(f.check(inbound_first, IN, T0 + 1), Allow.ESTABLISHED, "in-udp")  # now a fast-path entry
+    # the same tuple travelling the other way is a new flow under the outbound rule, in its place
+    allowed(f.check(inbound_first, OUT, T0 + 2), Allow.NEW, "out-udp")
+    allowed(f.check(inbound_first, OUT, T0 + 3), Allow.ESTABLISHED, "out-udp")
+    # the inbound flow is gone: its packets open a new one rather than ride the old entry
+    allowed(f.check(inbound_first, IN, T0 + 4), Allow.NEW, "in-udp")
