@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from tests.unit.filter.test_filter_state import (
     DC,
     DC4,
+    DC6,
     HOST,
     HOST6,
     IN,
@@ -35,7 +36,20 @@ from tests.unit.filter.test_filter_state import (
 from trellis.agent.filter import Allow, Direction, DropReason, FlowLimits, PacketFilter
 from trellis.agent.filter.filter import MAX_PENDING_FLOW_RECORDS
 from trellis.agent.filter.flows import FLOW_REPLIED, TCP_FIN_OPENER
-from trellis.agent.filter.packet import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from trellis.agent.filter.packet import (
+    EXT_HOP_BY_HOP,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    peek_established,
+    pull_packet,
+    push_ipv6_options,
+)
 from trellis.agent.filter.records import (
     FLOW_RECORD_SIZE,
     FlowRecord,
@@ -317,6 +331,32 @@ def test_an_update_keeps_shared_flows_it_allows() -> None:
     dropped(inbound.check(udp(SERVER, HOST, 53, 5353), IN, T0 + 1), DropReason.NO_RULE)
 
 
+def test_a_record_the_old_view_refuses_is_applied_with_the_new_one() -> None:
+    old = view(peer(DC, outbound=[rule("dns", [LOCAL4], [DC4], PROTO_UDP, (53, 53))], inbound=[]))
+    new = view(
+        peer(
+            DC,
+            outbound=[
+                rule("dns", [LOCAL4], [DC4], PROTO_UDP, (53, 53)),
+                rule("web", [LOCAL4], [DC4], PROTO_TCP),
+            ],
+            inbound=[],
+        )
+    )
+    out, inbound = copies(old)
+    out.update(new, T0)  # the outbound copy has the new view first ...
+    allowed(out.check(tcp(HOST, SERVER, 40000, 443, TCP_SYN), OUT, T0), Allow.NEW, "web")
+    assert inbound.import_flow_records(out.take_flow_records(), T0).refused == 1  # ... not this one
+    synack = tcp(SERVER, HOST, 443, 40000, TCP_SYN | TCP_ACK)
+    dropped(inbound.check(synack, IN, T0), DropReason.NO_RULE)
+    inbound.update(new, T0 + 0.01)  # a moment later
+    allowed(inbound.check(synack, IN, T0 + 0.02), Allow.ESTABLISHED, "web")
+    # a record no view allows is not kept past its expiry
+    inbound.update(old, T0 + 1)
+    inbound.update(new, T0 + 40)
+    dropped(inbound.check(synack, IN, T0 + 40), DropReason.NO_RULE)
+
+
 # --- the fast path gives the full path's verdicts ------------------------------------------------
 
 
@@ -334,6 +374,15 @@ def with_option(packet: bytes) -> bytes:
     data[2:4] = len(data).to_bytes(2)
     data[10:12] = b"\x00\x00"
     data[10:12] = internet_checksum(bytes(data[:24])).to_bytes(2)
+    return bytes(data)
+
+
+def with_hop_by_hop(packet: bytes) -> bytes:
+    """The same IPv6 packet with an empty Hop-by-Hop Options header: the full path's."""
+    options = push_ipv6_options(next_header=packet[6])
+    data = bytearray(packet[:40] + options + packet[40:])
+    data[6] = EXT_HOP_BY_HOP
+    data[4:6] = (len(data) - 40).to_bytes(2)
     return bytes(data)
 
 
@@ -411,11 +460,19 @@ def test_fast_path_verdicts_equal_full_path_verdicts(events: list[tuple[str, flo
             outbound=[
                 rule("web", [LOCAL4], [DC4], PROTO_TCP, (443, 443), expires_at=T0 + 60),
                 rule("dns", [LOCAL4], [DC4], PROTO_UDP, (53, 53)),
+                rule("ping", [LOCAL4], [DC4], PROTO_ICMP),
+                rule("ping", [LOCAL6], [DC6], PROTO_ICMPV6),
             ],
             inbound=[],
         )
     )
     packets = {
+        "ping-out": (icmp(HOST, SERVER, 8, ident=3), OUT),
+        "pong-in": (icmp(SERVER, HOST, 0, ident=3), IN),
+        "ping-in": (icmp(SERVER, HOST, 8, ident=3), IN),
+        "pong-out": (icmp(HOST, SERVER, 0, ident=3), OUT),
+        "ping6-out": (icmp(HOST6, SERVER6, 128, ident=3), OUT),
+        "pong6-in": (icmp(SERVER6, HOST6, 129, ident=3), IN),
         "syn": (tcp(HOST, SERVER, 40000, 443, TCP_SYN), OUT),
         "synack": (tcp(SERVER, HOST, 443, 40000, TCP_SYN | TCP_ACK), IN),
         "ack-out": (tcp(HOST, SERVER, 40000, 443, TCP_ACK), OUT),
@@ -434,5 +491,58 @@ def test_fast_path_verdicts_equal_full_path_verdicts(events: list[tuple[str, flo
             full.update(jit_view, now)
             continue
         packet, direction = packets[name]
-        assert fast.check(packet, direction, now) == full.check(with_option(packet), direction, now), name
+        slow = with_option(packet) if packet[0] == 0x45 else with_hop_by_hop(packet)
+        assert fast.check(packet, direction, now) == full.check(slow, direction, now), name
     assert fast.counters().flows == full.counters().flows
+
+
+SAMPLES = [
+    tcp(HOST, SERVER, 40000, 443, TCP_ACK),
+    udp(HOST, SERVER, 5353, 53),
+    icmp(HOST, SERVER, 8, ident=3),
+    tcp(HOST6, SERVER6, 40000, 443, TCP_ACK),
+    udp(HOST6, SERVER6, 5353, 53),
+    icmp(HOST6, SERVER6, 129, ident=3),
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(SAMPLES), st.lists(st.tuples(st.integers(0, 59), st.integers(0, 255)), max_size=3))
+def test_fast_path_reads_what_the_full_parse_reads(sample: bytes, changes: list[tuple[int, int]]) -> None:
+    data = bytearray(sample)
+    for offset, value in changes:
+        if offset < len(data):
+            data[offset] = value
+    peeked = peek_established(bytes(data))
+    if peeked is None:
+        return
+    key, protocol = peeked
+    packet = pull_packet(bytes(data))  # never MalformedPacket when the fast path took it
+    assert packet.protocol == protocol and packet.fragment is None and packet.quoted is None
+    assert not packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST)
+    width = 4 if packet.version == 4 else 16
+    assert key[: 2 * width] == packet.src.to_bytes(width) + packet.dst.to_bytes(width)
+    if packet.is_icmp:
+        assert packet.echo_request or packet.echo_reply
+        assert key[2 * width + 2 :] == packet.src_port.to_bytes(2)
+    else:
+        assert key[2 * width :] == packet.src_port.to_bytes(2) + packet.dst_port.to_bytes(2)
+
+
+def test_a_flow_replaced_by_the_same_tuple_opened_the_other_way_leaves_the_fast_path() -> None:
+    both = view(
+        peer(
+            DC,
+            outbound=[rule("out-udp", [LOCAL4, DC4], [DC4, LOCAL4], PROTO_UDP)],
+            inbound=[rule("in-udp", [LOCAL4, DC4], [DC4, LOCAL4], PROTO_UDP)],
+        )
+    )
+    f = PacketFilter(both)
+    inbound_first = udp(SERVER, HOST, 53, 5353)
+    allowed(f.check(inbound_first, IN, T0), Allow.NEW, "in-udp")
+    allowed(f.check(inbound_first, IN, T0 + 1), Allow.ESTABLISHED, "in-udp")  # now a fast-path entry
+    # the same tuple travelling the other way is a new flow under the outbound rule, in its place
+    allowed(f.check(inbound_first, OUT, T0 + 2), Allow.NEW, "out-udp")
+    allowed(f.check(inbound_first, OUT, T0 + 3), Allow.ESTABLISHED, "out-udp")
+    # the inbound flow is gone: its packets open a new one rather than ride the old entry
+    allowed(f.check(inbound_first, IN, T0 + 4), Allow.NEW, "in-udp")

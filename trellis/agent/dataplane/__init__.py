@@ -12,6 +12,13 @@ Public API (what the IKE glue, the mesh reconciler and ``trellis-agent status`` 
         dp.send_ike(message, (peer, 4500))  # IKE on the shared port 4500, marker added for you
         counters = await dp.counters()      # DataplaneCounters; .to_dict() for JSON
         await dp.remove_sa(spi, Direction.OUTBOUND)
+        await dp.set_policy(view)           # enforce a trellis.v1.PolicyView in both workers (None:
+                                            # no filter); a later view keeps the flows it allows
+
+The policy filter's drops are counted per reason in ``counters.policy_reasons`` ("no-rule",
+"expired", "flow-channel-full", malformations); the flow channel between the workers in
+``counters.traffic``: flow_records_published / _imported / _refused / _dropped_full / _lost /
+_malformed, flow_rechecks_allowed, policy_flows_outbound / _inbound, policy_flows_ended.
 
 Rekeying (make before break): install the new inbound SA, then the new outbound SA (the newest
 outbound SA covering a flow wins at once), then remove the old pair after a short grace period.

@@ -1,9 +1,11 @@
 """The policy filter hook: the data plane asks it about every packet it is about to forward.
 
-The policy engine lives elsewhere; anything with a matching ``check`` method fits. The userspace
-backend runs the filter inside its worker processes, so a filter object must be picklable
-(``UserspaceDataplane.set_filter`` sends it there) and must not block. Outbound, a TCP
-super-packet (TSO) is checked once for all the segments it becomes: they share their headers.
+The site's policy view is enforced by ``policy.PolicyHook`` (``set_policy``: the stateful filter
+of trellis.agent.filter, its flows shared between the two workers); anything else with a
+matching ``check`` method fits too (``set_filter``). The userspace backend runs the filter
+inside its worker processes, so a filter object must be picklable (``UserspaceDataplane.
+set_filter`` sends it there) and must not block. Outbound, a TCP super-packet (TSO) is checked
+once for all the segments it becomes: they share their headers.
 """
 
 from __future__ import annotations

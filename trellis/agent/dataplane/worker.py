@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
@@ -50,8 +51,11 @@ from trellis.agent.dataplane.packets import PLAIN_VNET_HEADER, VNET_HEADER_LENGT
 from trellis.agent.dataplane.policy import PolicyHook
 from trellis.agent.dataplane.udp import UdpReceiver, UdpSender
 from trellis.agent.esp.errors import EspError
+from trellis.agent.filter.records import FlowRecord
 from trellis.v1 import common_pb2
 
+# Flow records kept while this worker has no policy filter (the newest; a channel's worth).
+MAX_EARLY_FLOW_RECORDS = 1024
 BATCH = 64  # reads per poll round: bounds latency for control messages and flushes
 POLL_INTERVAL = 1.0  # seconds between lifetime checks when idle
 READ_BUFFER = 65536 + VNET_HEADER_LENGTH
@@ -75,6 +79,8 @@ class Worker:
         self.policy: PolicyHook | None = None
         self.role = ""
         self._policy_parts: list[bytes] = []
+        # the other worker's flow records that came before this worker had a policy filter
+        self._early_records: deque[FlowRecord] = deque(maxlen=MAX_EARLY_FLOW_RECORDS)
         self.running = True
         self.config = EngineConfig()
         self.outbound: OutboundEngine | None = None
@@ -181,6 +187,8 @@ class Worker:
         if self.policy is None:
             self.policy = PolicyHook(view, self.flows)
             self.policy.wall_offset = time.time() - time.monotonic()
+            early, self._early_records = list(self._early_records), deque(maxlen=MAX_EARLY_FLOW_RECORDS)
+            self.policy.filter.import_flow_records(early, time.time())
             engine.filter = self.policy
         else:
             self.policy.update(view, time.time())
@@ -224,7 +232,7 @@ class Worker:
                 if fd == control_fd:
                     self.handle_control()
                 elif fd == flows_fd:
-                    self._receive_flows(now)
+                    self.receive_flows(now)
                 else:
                     round_(now)
             if now >= next_poll:
@@ -232,12 +240,13 @@ class Worker:
                 self.report_events(engine)
                 next_poll = now + POLL_INTERVAL
 
-    def _receive_flows(self, now: float) -> None:
+    def receive_flows(self, now: float) -> None:
         """The other worker's flow records, as they come (a miss also drains, see PolicyHook)."""
         if self.policy is not None:
             self.policy.drain(now + self.policy.wall_offset)
         elif self.flows is not None:
-            self.flows.receive()  # no filter here (yet, or any more): nothing to keep
+            # no filter here yet (the other worker got the view first): keep them for it
+            self._early_records.extend(self.flows.receive())
 
     def _outbound_round(self, engine: OutboundEngine, sender: UdpSender, now: float) -> None:
         buffer, view, tun_fd = self._buffer, self._view, self.tun_fd

@@ -16,17 +16,19 @@ since the other copy last heard of it. The caller takes them (``take_flow_record
 them to the other copy (``import_flow_records``) before it forwards the packet that made them; if
 they cannot be delivered it gives them back (``retract_flow_records``): a flow that cannot be
 shared is not opened. A copy about to drop a packet for want of a flow may import what is waiting
-and ``recheck`` it. Imported flows are re-matched against the importer's own view.
+and ``recheck`` it. Imported flows are re-matched against the importer's own view; a record it
+does not allow is kept (bounded) and tried again with the next view, since a new view reaches the
+two copies one after the other.
 
-Fast path: a plain TCP or UDP packet (no options, fragments or state-changing flags) of an
-established flow is looked up by its raw address and port bytes (packet.peek_established),
-skipping the full parse; it gets the verdict the full path would give.
+Fast path: a plain TCP, UDP or ICMP echo packet (no options, fragments or state-changing
+flags) of an established flow is looked up by its raw address and port (or echo) bytes
+(packet.peek_established), skipping the full parse; it gets the verdict the full path would give.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -64,6 +66,10 @@ SHARE_REFRESH = 0.5
 # Records queued and not yet taken; beyond this they are not queued (and the flows' next packets
 # try again).
 MAX_PENDING_FLOW_RECORDS = 1024
+# Imported records this view does not allow, kept (the newest) to try again with the next view:
+# while a new view reaches the two copies one after the other, one may open a flow that the
+# other's old view does not allow yet.
+MAX_DEFERRED_FLOW_RECORDS = 1024
 
 
 class Allow(enum.StrEnum):
@@ -99,6 +105,14 @@ class FilterCounters:
     records_lost: int = 0  # not queued: MAX_PENDING_FLOW_RECORDS were waiting
 
 
+class _Import(enum.Enum):
+    APPLIED = enum.auto()
+    NOT_ALLOWED = enum.auto()  # by this view (kept for the next one)
+    STALE = enum.auto()  # expired by now
+    CONFLICT = enum.auto()  # the flow is known here as opened the other way
+    NO_ROOM = enum.auto()  # the flow table is full
+
+
 @dataclass(frozen=True, slots=True)
 class FlowImport:
     applied: int
@@ -106,8 +120,8 @@ class FlowImport:
 
 
 # A fast-path entry: the flow, whether packets of this key are its replies, the rule the verdict
-# was made for, and that verdict.
-_FastEntry = tuple[Flow, bool, MatchRule, Verdict]
+# was made for, that verdict, and the cell counting the rule's fast-path packets.
+_FastEntry = tuple[Flow, bool, MatchRule, Verdict, list[int]]
 
 
 class PacketFilter:
@@ -129,11 +143,13 @@ class PacketFilter:
         self._verdicts: Counter[Allow | DropReason] = Counter()
         self._share = share_flows
         self._records: list[FlowRecord] = []
+        self._deferred: deque[FlowRecord] = deque(maxlen=MAX_DEFERRED_FLOW_RECORDS)
         self._record_counts: Counter[str] = Counter()
         self._longest_timeout = max(
             self._limits.tcp_established, self._limits.udp_replied, self._limits.other_replied
         )
         self._fast: dict[Direction, dict[bytes, _FastEntry]] = {Direction.OUTBOUND: {}, Direction.INBOUND: {}}
+        self._fast_packets: dict[str, list[int]] = {}  # per rule: packets let through by the fast path
         self._matched: tuple[Flow, bool] | None = None  # the flow the last full check used
         self._flow_expired = False  # ... or ended because its rule expired
 
@@ -150,15 +166,29 @@ class PacketFilter:
         self._fragments.clear()
         for cache in self._fast.values():
             cache.clear()
+        self._fold_fast_packets()
+        self._fast_packets.clear()  # no entry holds a cell any more
         dropped = 0
         for flow in self._flows:
             rule = self._rematch(flow, now, force=True)
             if rule is None:
                 self._flows.remove(flow.key)
                 dropped += 1
+        deferred = list(self._deferred)
+        self._deferred.clear()
+        self.import_flow_records(deferred, now)  # those the new view allows now
         return dropped
 
+    def _fold_fast_packets(self) -> None:
+        """Move the fast path's packet counts into the counters (its entries keep their cells)."""
+        for name, cell in self._fast_packets.items():
+            if cell[0]:
+                self._rule_packets[name] += cell[0]
+                self._verdicts[Allow.ESTABLISHED] += cell[0]
+                cell[0] = 0
+
     def counters(self) -> FilterCounters:
+        self._fold_fast_packets()
         names = self._rule_flows.keys() | self._rule_packets.keys()
         return FilterCounters(
             rules={
@@ -230,14 +260,18 @@ class PacketFilter:
 
     def import_flow_records(self, records: list[FlowRecord], now: float) -> FlowImport:
         """Apply another copy's records. A flow new here must be allowed by a live rule of this
-        view for the same peer (else the record is refused); a known one takes the record's state
-        and expiry if later (up to the longest timeout from ``now``)."""
+        view for the same peer, else the record is refused (and kept to try again with the next
+        view, until it expires); a known one takes the record's state and expiry if later (up to
+        the longest timeout from ``now``)."""
         applied = refused = 0
         for record in records:
-            if self._import(record, now):
+            outcome = self._import(record, now)
+            if outcome is _Import.APPLIED:
                 applied += 1
-            else:
-                refused += 1
+                continue
+            refused += 1
+            if outcome is _Import.NOT_ALLOWED:
+                self._deferred.append(record)
         self._record_counts["imported"] += applied
         self._record_counts["refused"] += refused
         return FlowImport(applied=applied, refused=refused)
@@ -283,17 +317,17 @@ class PacketFilter:
         if flow.bits & ~flow.shared_bits or flow.expires - flow.shared_expires > timeout * SHARE_REFRESH:
             self._share_flow(flow, RecordKind.UPDATE)
 
-    def _import(self, record: FlowRecord, now: float) -> bool:
+    def _import(self, record: FlowRecord, now: float) -> _Import:
         flow = self._flows.get(record.key, now)
         if flow is not None and flow.opened is not record.opened:
-            return False
+            return _Import.CONFLICT
         if record.kind is RecordKind.END:
             if flow is not None:
                 self._flows.remove(flow.key)
-            return True
+            return _Import.APPLIED
         expires = min(record.expires, now + self._longest_timeout)
         if expires <= now:
-            return False
+            return _Import.STALE
         if flow is not None:
             flow.replied = flow.replied or bool(record.bits & FLOW_REPLIED)
             flow.fins |= record.bits & (TCP_FIN_OPENER | TCP_FIN_RESPONDER)
@@ -302,10 +336,10 @@ class PacketFilter:
             if flow.fins == TCP_FIN_OPENER | TCP_FIN_RESPONDER:  # closing: as if the FIN came here
                 flow.expires = min(flow.expires, now + self._limits.tcp_closing)
             self._flows.extend(flow, expires)
-            return True
+            return _Import.APPLIED
         identity = self._rules.peer_of_tag.get(record.peer_tag)
         if identity is None:
-            return False
+            return _Import.NOT_ALLOWED
         version, protocol, src, _src_port, dst, dst_port = record.key
         rule = self._rules.match(
             record.opened,
@@ -318,7 +352,7 @@ class PacketFilter:
             peer=identity,
         )
         if rule is None:
-            return False
+            return _Import.NOT_ALLOWED
         flow = Flow(
             key=record.key,
             opened=record.opened,
@@ -328,7 +362,7 @@ class PacketFilter:
             shared_expires=record.expires,
             shared_bits=record.bits,
         )
-        return self._flows.insert(flow, now, expires)
+        return _Import.APPLIED if self._flows.insert(flow, now, expires) else _Import.NO_ROOM
 
     # --- the fast path ------------------------------------------------------------------------
 
@@ -336,7 +370,7 @@ class PacketFilter:
         """The verdict for a later packet of a known flow, or None: let the full path decide."""
         # Entries are made by the full path for a packet it let through with this flow, so the
         # flow was (and stays) replied if these are its replies; the timeout follows its FINs.
-        flow, _reply, rule, verdict = entry
+        flow, _reply, rule, verdict, packets = entry
         if (
             flow.removed
             or now >= flow.expires
@@ -350,8 +384,7 @@ class PacketFilter:
         if self._share and now + timeout - flow.shared_expires > timeout * SHARE_REFRESH:
             return None  # time to tell the other copy: the full path does it
         self._flows.touch(flow, now, timeout)
-        self._verdicts[Allow.ESTABLISHED] += 1
-        self._rule_packets[rule.name] += 1
+        packets[0] += 1
         return verdict
 
     def _remember(self, direction: Direction, key: bytes, flow: Flow, reply: bool) -> None:
@@ -360,7 +393,8 @@ class PacketFilter:
         cache = self._fast[direction]
         if len(cache) >= self._limits.max_flows:
             cache.clear()  # stale entries of removed flows pile up: start afresh
-        cache[key] = (flow, reply, flow.rule, _allowed(Allow.ESTABLISHED, flow.rule))
+        cell = self._fast_packets.setdefault(flow.rule.name, [0])
+        cache[key] = (flow, reply, flow.rule, _allowed(Allow.ESTABLISHED, flow.rule), cell)
 
     # --- decisions ----------------------------------------------------------------------------
 

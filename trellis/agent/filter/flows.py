@@ -122,6 +122,9 @@ class FlowTable:
             return False
         flow.expires = expires
         flow.removed = False
+        replaced = self._flows.get(flow.key)
+        if replaced is not None and replaced is not flow:
+            replaced.removed = True  # the same tuple opened the other way: this one takes its place
         self._flows[flow.key] = flow
         return True
 

@@ -282,20 +282,22 @@ def _pull_l4(base: Packet, l4: memoryview, *, quoted: bool, first_fragment: bool
 
 # TCP flags that change a flow's state: such segments always take the full path.
 _STATE_FLAGS = TCP_FIN | TCP_SYN | TCP_RST
+_ECHOES_V4 = (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY)
+_ECHOES_V6 = (ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY)
 
 
 def peek_established(data: PacketBytes) -> tuple[bytes, int] | None:
-    """For the filter's fast path: the addresses and ports of a plain TCP or UDP packet as one
-    ``bytes`` key, and its protocol; None for anything else (options, extension headers,
-    fragments, a length that does not add up, a bad IPv4 header checksum, TCP SYN/FIN/RST),
-    which ``pull_packet`` must judge. A packet that passes here passes ``pull_packet`` too, with
-    the same fields."""
+    """For the filter's fast path: a plain TCP, UDP or ICMP echo packet's addresses and ports (or
+    echo type and identifier) as one ``bytes`` key, and its protocol; None for anything else
+    (options, extension headers, fragments, a length that does not add up, a bad IPv4 header
+    checksum, TCP SYN/FIN/RST, ICMP errors), which ``pull_packet`` must judge. A packet that
+    passes here passes ``pull_packet`` too, with the same fields."""
     size = len(data)
     if size < 28:
         return None
     first = data[0]
     if first == 0x45:  # IPv4 without options
-        protocol, l4 = data[9], 20
+        protocol, l4, icmp, echoes, addresses = data[9], 20, PROTO_ICMP, _ECHOES_V4, 12
         if data[6] & 0xBF or data[7] or (data[2] << 8 | data[3]) != size:
             return None  # reserved flag, MF, fragment offset, or trailing bytes
         # The header checksum verifies when the ones' complement sum of its 16-bit words is
@@ -303,12 +305,10 @@ def peek_established(data: PacketBytes) -> tuple[bytes, int] | None:
         # (2**16 is 1 modulo 0xFFFF) and not 0 (its first byte is not).
         if int.from_bytes(data[:20]) % 0xFFFF:
             return None
-        key = bytes(data[12:24])
     elif first >> 4 == 6:
-        protocol, l4 = data[6], 40
+        protocol, l4, icmp, echoes, addresses = data[6], 40, PROTO_ICMPV6, _ECHOES_V6, 8
         if size < 48 or (data[4] << 8 | data[5]) != size - 40:
             return None
-        key = bytes(data[8:44])
     else:
         return None
     if protocol == PROTO_TCP:
@@ -317,13 +317,15 @@ def peek_established(data: PacketBytes) -> tuple[bytes, int] | None:
         offset = (data[l4 + 12] >> 4) * 4
         if offset < TCP_HEADER.size or offset > size - l4:
             return None
-    elif protocol == PROTO_UDP:
+        return bytes(data[addresses : l4 + 4]), protocol  # addresses and ports
+    if protocol == PROTO_UDP:
         length = data[l4 + 4] << 8 | data[l4 + 5]
         if length < UDP_HEADER.size or length > size - l4:
             return None
-    else:
-        return None
-    return key, protocol
+        return bytes(data[addresses : l4 + 4]), protocol
+    if protocol == icmp and data[l4] in echoes:  # 8 bytes are there: size >= l4 + 8
+        return bytes(data[addresses : l4 + 2]) + bytes(data[l4 + 4 : l4 + 6]), protocol  # type, identifier
+    return None
 
 
 def _checksum(data: bytes | bytearray | memoryview) -> int:
