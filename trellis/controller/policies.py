@@ -28,6 +28,7 @@ from trellis.controller.policy import (
     parse_policy,
 )
 from trellis.controller.policy.parser import MAX_POLICY_BYTES
+from trellis.controller.policy.view import PeerView
 from trellis.controller.policy.wire import ProtoWriter, decision_to_proto
 from trellis.controller.store import MapInputs, PolicyRecord, SiteRecord
 from trellis.v1 import common_pb2, policy_pb2
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 # Before anyone applies a policy, nothing is allowed (default deny).
 NO_POLICY = parse_policy("apiVersion: trellis/v1\nkind: Policy\nrules: []\n")
 MAX_COMMENT_CHARS = 500
+MAX_CACHED_PEER_POLICIES = 2_000_000  # past this many the cache of encoded pairs starts afresh
 
 
 def inventory_of(sites: tuple[SiteRecord, ...], trust_domain: str) -> Inventory:
@@ -80,6 +82,9 @@ class RunningPolicy:
         self._chunks: dict[str, list[tuple[str, bytes]]] = {}  # site -> (peer, its encoded policy)
         self._encoded: dict[str, bytes] = {}  # site -> view_bytes, as masked now
         self._writer = ProtoWriter()
+        # Encoded (site, peer) policies by value, kept across rebuilds: an apply that changes a
+        # few pairs re-encodes those few.
+        self._peer_encodings: dict[PeerView, bytes] = {}
 
     @property
     def ready(self) -> bool:
@@ -123,6 +128,8 @@ class RunningPolicy:
         self._chunks.clear()
         self._encoded.clear()
         self._writer = ProtoWriter()
+        if len(self._peer_encodings) > MAX_CACHED_PEER_POLICIES:
+            self._peer_encodings.clear()
         return True
 
     def advance(self, now: dt.datetime) -> None:
@@ -169,21 +176,20 @@ class RunningPolicy:
             return b""
         chunks = self._chunks.get(name)
         if chunks is None:
-            chunks = self._chunks[name] = [
-                (
-                    peer.identity,
-                    mapwire.length_delimited(
-                        mapwire.POLICY_PEERS, self._writer.peer_policy(peer).SerializeToString()
-                    ),
-                )
-                for peer in view.peers
-            ]
+            chunks = self._chunks[name] = [(peer.identity, self._peer_bytes(peer)) for peer in view.peers]
         parts = [chunk for identity, chunk in chunks if identity not in self._removed]
         if view.next_change is not None:
             stamp = timestamp(view.next_change).SerializeToString()
             parts.append(mapwire.length_delimited(mapwire.NEXT_CHANGE, stamp))
         encoded = self._encoded[name] = b"".join(parts)
         return encoded
+
+    def _peer_bytes(self, peer: PeerView) -> bytes:
+        cached = self._peer_encodings.get(peer)
+        if cached is None:
+            encoded = self._writer.peer_policy(peer).SerializeToString()
+            cached = self._peer_encodings[peer] = mapwire.length_delimited(mapwire.POLICY_PEERS, encoded)
+        return cached
 
     def view_for(self, name: str) -> common_pb2.PolicyView:
         """The same view as a protobuf object (tools and tests)."""

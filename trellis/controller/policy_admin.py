@@ -6,6 +6,10 @@ and never replaces the running one; the answer then says why, line by line.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import datetime as dt
+
 from trellis.controller.errors import FailedPrecondition, InvalidArgument, NotFound
 from trellis.controller.policies import (
     check_comment,
@@ -15,16 +19,22 @@ from trellis.controller.policies import (
     policy_sha256,
     version_info,
 )
-from trellis.controller.policy import Review, changed_identities, review_policy
+from trellis.controller.policy import (
+    AccessChange,
+    Inventory,
+    Review,
+    View,
+    changed_identities,
+    diff_views,
+    review_policy,
+)
 from trellis.controller.policy.wire import review_to_proto
 from trellis.controller.service import Caller, ControllerService
 from trellis.controller.store import AuditEvent, PolicyConflict, Store
 from trellis.v1 import policy_pb2
 
 MAX_HISTORY_PAGE = 200
-# An answer lists at most this many access changes (a policy opening a 500-site mesh changes
-# 250,000 pairs: the answer must stay far below gRPC's message limit).
-MAX_REPORTED_CHANGES = 1000
+MAX_REPORTED_CHANGES = 1000  # access changes listed in an answer (see _review)
 
 
 class PolicyAdministration:
@@ -54,8 +64,9 @@ class PolicyAdministration:
                 if running.version == (inputs.policy.version if inputs.policy else 0)
                 else None
             )
-            review = review_policy(
-                text, inventory_of(inputs.sites, service.trust_domain), now, current=current
+            # Compiling a big mesh takes a while: off the event loop, so streams and calls go on.
+            review, affected, not_listed = await asyncio.to_thread(
+                _review, text, inventory_of(inputs.sites, service.trust_domain), now, current
             )
             version_now = inputs.policy.version if inputs.policy else 0
             if not review.accepted:
@@ -64,14 +75,15 @@ class PolicyAdministration:
                 await service.audit(
                     caller.actor, action, "", "refused", f"{errors} errors, {failed} failed tests: {first}"
                 )
-                return _answer(review, applied=False, version=version_now, affected_sites=0)
+                return _answer(review, applied=False, version=version_now, affected_sites=0, not_listed=0)
             assert review.compiler is not None  # accepted reviews carry their compiler
-            affected = len(changed_identities(current or {}, review.compiler.views()))
             if dry_run:
                 await service.audit(
                     caller.actor, "policy.dry-run", "", "ok", f"{affected} sites would change"
                 )
-                return _answer(review, applied=False, version=version_now, affected_sites=affected)
+                return _answer(
+                    review, applied=False, version=version_now, affected_sites=affected, not_listed=not_listed
+                )
             sha = policy_sha256(text)
             detail = f"sha256 {sha[:12]}; {affected} sites changed" + (f"; {comment}" if comment else "")
             if rolled_back_from:
@@ -95,7 +107,9 @@ class PolicyAdministration:
         running.adopt(review.compiler, inputs, version=record.version)
         service.hub.invalidate()
         await service.hub.refresh()
-        return _answer(review, applied=True, version=record.version, affected_sites=affected)
+        return _answer(
+            review, applied=True, version=record.version, affected_sites=affected, not_listed=not_listed
+        )
 
     async def rollback(
         self, caller: Caller, version: int, *, dry_run: bool, comment: str
@@ -153,11 +167,34 @@ class PolicyAdministration:
 
 
 def _answer(
-    review: Review, *, applied: bool, version: int, affected_sites: int
+    review: Review, *, applied: bool, version: int, affected_sites: int, not_listed: int
 ) -> policy_pb2.ApplyPolicyResponse:
     answer = review_to_proto(review, applied=applied, version=version, affected_sites=affected_sites)
-    omitted = len(answer.changes) - MAX_REPORTED_CHANGES
-    if omitted > 0:
-        del answer.changes[MAX_REPORTED_CHANGES:]
-        answer.changes_omitted = omitted
+    answer.sites_not_listed = not_listed
     return answer
+
+
+def _review(
+    text: str, inventory: Inventory, now: dt.datetime, current: dict[str, View] | None
+) -> tuple[Review, int, int]:
+    """The review with every view of an accepted policy compiled; how many sites it changes; and
+    how many of those the listed changes leave out (the list stops near MAX_REPORTED_CHANGES:
+    a policy opening a 500-site mesh changes 250,000 pairs, too many to diff on every apply or
+    to send back)."""
+    review = review_policy(text, inventory, now, current=current, with_changes=False)
+    if not review.accepted or review.compiler is None:
+        return review, 0, 0
+    old, new = current or {}, review.compiler.views()
+    changed = sorted(changed_identities(old, new))
+    changes: list[AccessChange] = []
+    listed = 0
+    for identity in changed:
+        if len(changes) >= MAX_REPORTED_CHANGES:
+            break
+        before = {identity: old[identity]} if identity in old else {}
+        after = {identity: new[identity]} if identity in new else {}
+        changes += diff_views(before, after)
+        listed += 1
+    truncated = len(changes) > MAX_REPORTED_CHANGES
+    review = dataclasses.replace(review, changes=tuple(changes[:MAX_REPORTED_CHANGES]))
+    return review, len(changed), len(changed) - listed + (1 if truncated else 0)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17trellis/v1/policy.proto\x12\ntrellis.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n\x0bPolicyIssue\x12\x0c\n\x04line\x18\x01 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\r\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07warning\x18\x05 \x01(\x08\"\xa5\x01\n\x10PolicyTestResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04line\x18\x02 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\r\x12\x0c\n\x04\x66low\x18\x04 \x01(\t\x12\x0e\n\x06passed\x18\x05 \x01(\x08\x12\x16\n\x0e\x65xpected_allow\x18\x06 \x01(\x08\x12\x0f\n\x07\x61llowed\x18\x07 \x01(\x08\x12\x0c\n\x04rule\x18\x08 \x01(\t\x12\x0f\n\x07message\x18\t \x01(\t\"\xd7\x01\n\x0c\x41\x63\x63\x65ssChange\x12\x15\n\rfrom_identity\x18\x01 \x01(\t\x12\x13\n\x0bto_identity\x18\x02 \x01(\t\x12+\n\x04kind\x18\x03 \x01(\x0e\x32\x1d.trellis.v1.AccessChange.Kind\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x04 \x03(\t\x12\x0f\n\x07removed\x18\x05 \x03(\t\"N\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKIND_GAINED\x10\x01\x12\r\n\tKIND_LOST\x10\x02\x12\x10\n\x0cKIND_CHANGED\x10\x03\"^\n\x12\x41pplyPolicyRequest\x12\x0c\n\x04yaml\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x04 \x01(\x04\"\xe9\x01\n\x13\x41pplyPolicyResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\'\n\x06issues\x18\x03 \x03(\x0b\x32\x17.trellis.v1.PolicyIssue\x12+\n\x05tests\x18\x04 \x03(\x0b\x32\x1c.trellis.v1.PolicyTestResult\x12)\n\x07\x63hanges\x18\x05 \x03(\x0b\x32\x18.trellis.v1.AccessChange\x12\x16\n\x0e\x61\x66\x66\x65\x63ted_sites\x18\x06 \x01(\r\x12\x17\n\x0f\x63hanges_omitted\x18\x07 \x01(\r\"\xa3\x01\n\x11PolicyVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12.\n\napplied_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\napplied_by\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x18\n\x10rolled_back_from\x18\x06 \x01(\x04\"K\n\x0ePolicyDocument\x12+\n\x04info\x18\x01 \x01(\x0b\x32\x1d.trellis.v1.PolicyVersionInfo\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\"B\n\x19ListPolicyVersionsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x16\n\x0e\x62\x65\x66ore_version\x18\x02 \x01(\x04\"M\n\x1aListPolicyVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.trellis.v1.PolicyVersionInfo\"J\n\x15RollbackPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"\xb1\x01\n\x12\x43heckPolicyRequest\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsrc_address\x18\x06 \x01(\t\x12\x13\n\x0b\x64st_address\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\x04\"~\n\x13\x43heckPolicyResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x11\n\trule_line\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0c\x64st_prefixes\x18\x05 \x03(\t\x12\x0f\n\x07version\x18\x06 \x01(\x04\x32\xaf\x03\n\x0bPolicyAdmin\x12N\n\x0b\x41pplyPolicy\x12\x1e.trellis.v1.ApplyPolicyRequest\x1a\x1f.trellis.v1.ApplyPolicyResponse\x12\x45\n\tGetPolicy\x12\x1c.trellis.v1.GetPolicyRequest\x1a\x1a.trellis.v1.PolicyDocument\x12\x63\n\x12ListPolicyVersions\x12%.trellis.v1.ListPolicyVersionsRequest\x1a&.trellis.v1.ListPolicyVersionsResponse\x12T\n\x0eRollbackPolicy\x12!.trellis.v1.RollbackPolicyRequest\x1a\x1f.trellis.v1.ApplyPolicyResponse\x12N\n\x0b\x43heckPolicy\x12\x1e.trellis.v1.CheckPolicyRequest\x1a\x1f.trellis.v1.CheckPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17trellis/v1/policy.proto\x12\ntrellis.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n\x0bPolicyIssue\x12\x0c\n\x04line\x18\x01 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x02 \x01(\r\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x0f\n\x07warning\x18\x05 \x01(\x08\"\xa5\x01\n\x10PolicyTestResult\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04line\x18\x02 \x01(\r\x12\x0e\n\x06\x63olumn\x18\x03 \x01(\r\x12\x0c\n\x04\x66low\x18\x04 \x01(\t\x12\x0e\n\x06passed\x18\x05 \x01(\x08\x12\x16\n\x0e\x65xpected_allow\x18\x06 \x01(\x08\x12\x0f\n\x07\x61llowed\x18\x07 \x01(\x08\x12\x0c\n\x04rule\x18\x08 \x01(\t\x12\x0f\n\x07message\x18\t \x01(\t\"\xd7\x01\n\x0c\x41\x63\x63\x65ssChange\x12\x15\n\rfrom_identity\x18\x01 \x01(\t\x12\x13\n\x0bto_identity\x18\x02 \x01(\t\x12+\n\x04kind\x18\x03 \x01(\x0e\x32\x1d.trellis.v1.AccessChange.Kind\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x04 \x03(\t\x12\x0f\n\x07removed\x18\x05 \x03(\t\"N\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKIND_GAINED\x10\x01\x12\r\n\tKIND_LOST\x10\x02\x12\x10\n\x0cKIND_CHANGED\x10\x03\"^\n\x12\x41pplyPolicyRequest\x12\x0c\n\x04yaml\x18\x01 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x04 \x01(\x04\"\xea\x01\n\x13\x41pplyPolicyResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\'\n\x06issues\x18\x03 \x03(\x0b\x32\x17.trellis.v1.PolicyIssue\x12+\n\x05tests\x18\x04 \x03(\x0b\x32\x1c.trellis.v1.PolicyTestResult\x12)\n\x07\x63hanges\x18\x05 \x03(\x0b\x32\x18.trellis.v1.AccessChange\x12\x16\n\x0e\x61\x66\x66\x65\x63ted_sites\x18\x06 \x01(\r\x12\x18\n\x10sites_not_listed\x18\x07 \x01(\r\"\xa3\x01\n\x11PolicyVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12.\n\napplied_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\napplied_by\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x18\n\x10rolled_back_from\x18\x06 \x01(\x04\"K\n\x0ePolicyDocument\x12+\n\x04info\x18\x01 \x01(\x0b\x32\x1d.trellis.v1.PolicyVersionInfo\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"#\n\x10GetPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\"B\n\x19ListPolicyVersionsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x16\n\x0e\x62\x65\x66ore_version\x18\x02 \x01(\x04\"M\n\x1aListPolicyVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.trellis.v1.PolicyVersionInfo\"J\n\x15RollbackPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\"\xb1\x01\n\x12\x43heckPolicyRequest\x12\x0c\n\x04\x66rom\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\x12\x10\n\x08protocol\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bsrc_address\x18\x06 \x01(\t\x12\x13\n\x0b\x64st_address\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\x04\"~\n\x13\x43heckPolicyResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x11\n\trule_line\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x14\n\x0c\x64st_prefixes\x18\x05 \x03(\t\x12\x0f\n\x07version\x18\x06 \x01(\x04\x32\xaf\x03\n\x0bPolicyAdmin\x12N\n\x0b\x41pplyPolicy\x12\x1e.trellis.v1.ApplyPolicyRequest\x1a\x1f.trellis.v1.ApplyPolicyResponse\x12\x45\n\tGetPolicy\x12\x1c.trellis.v1.GetPolicyRequest\x1a\x1a.trellis.v1.PolicyDocument\x12\x63\n\x12ListPolicyVersions\x12%.trellis.v1.ListPolicyVersionsRequest\x1a&.trellis.v1.ListPolicyVersionsResponse\x12T\n\x0eRollbackPolicy\x12!.trellis.v1.RollbackPolicyRequest\x1a\x1f.trellis.v1.ApplyPolicyResponse\x12N\n\x0b\x43heckPolicy\x12\x1e.trellis.v1.CheckPolicyRequest\x1a\x1f.trellis.v1.CheckPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,23 +43,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPLYPOLICYREQUEST']._serialized_start=551
   _globals['_APPLYPOLICYREQUEST']._serialized_end=645
   _globals['_APPLYPOLICYRESPONSE']._serialized_start=648
-  _globals['_APPLYPOLICYRESPONSE']._serialized_end=881
-  _globals['_POLICYVERSIONINFO']._serialized_start=884
-  _globals['_POLICYVERSIONINFO']._serialized_end=1047
-  _globals['_POLICYDOCUMENT']._serialized_start=1049
-  _globals['_POLICYDOCUMENT']._serialized_end=1124
-  _globals['_GETPOLICYREQUEST']._serialized_start=1126
-  _globals['_GETPOLICYREQUEST']._serialized_end=1161
-  _globals['_LISTPOLICYVERSIONSREQUEST']._serialized_start=1163
-  _globals['_LISTPOLICYVERSIONSREQUEST']._serialized_end=1229
-  _globals['_LISTPOLICYVERSIONSRESPONSE']._serialized_start=1231
-  _globals['_LISTPOLICYVERSIONSRESPONSE']._serialized_end=1308
-  _globals['_ROLLBACKPOLICYREQUEST']._serialized_start=1310
-  _globals['_ROLLBACKPOLICYREQUEST']._serialized_end=1384
-  _globals['_CHECKPOLICYREQUEST']._serialized_start=1387
-  _globals['_CHECKPOLICYREQUEST']._serialized_end=1564
-  _globals['_CHECKPOLICYRESPONSE']._serialized_start=1566
-  _globals['_CHECKPOLICYRESPONSE']._serialized_end=1692
-  _globals['_POLICYADMIN']._serialized_start=1695
-  _globals['_POLICYADMIN']._serialized_end=2126
+  _globals['_APPLYPOLICYRESPONSE']._serialized_end=882
+  _globals['_POLICYVERSIONINFO']._serialized_start=885
+  _globals['_POLICYVERSIONINFO']._serialized_end=1048
+  _globals['_POLICYDOCUMENT']._serialized_start=1050
+  _globals['_POLICYDOCUMENT']._serialized_end=1125
+  _globals['_GETPOLICYREQUEST']._serialized_start=1127
+  _globals['_GETPOLICYREQUEST']._serialized_end=1162
+  _globals['_LISTPOLICYVERSIONSREQUEST']._serialized_start=1164
+  _globals['_LISTPOLICYVERSIONSREQUEST']._serialized_end=1230
+  _globals['_LISTPOLICYVERSIONSRESPONSE']._serialized_start=1232
+  _globals['_LISTPOLICYVERSIONSRESPONSE']._serialized_end=1309
+  _globals['_ROLLBACKPOLICYREQUEST']._serialized_start=1311
+  _globals['_ROLLBACKPOLICYREQUEST']._serialized_end=1385
+  _globals['_CHECKPOLICYREQUEST']._serialized_start=1388
+  _globals['_CHECKPOLICYREQUEST']._serialized_end=1565
+  _globals['_CHECKPOLICYRESPONSE']._serialized_start=1567
+  _globals['_CHECKPOLICYRESPONSE']._serialized_end=1693
+  _globals['_POLICYADMIN']._serialized_start=1696
+  _globals['_POLICYADMIN']._serialized_end=2127
 # @@protoc_insertion_point(module_scope)

@@ -203,14 +203,14 @@ class ApplyPolicyResponse(_message.Message):
     TESTS_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
     AFFECTED_SITES_FIELD_NUMBER: _builtins.int
-    CHANGES_OMITTED_FIELD_NUMBER: _builtins.int
+    SITES_NOT_LISTED_FIELD_NUMBER: _builtins.int
     applied: _builtins.bool
     version: _builtins.int
     """the new version (applied), else the running one"""
     affected_sites: _builtins.int
     """sites whose view changes"""
-    changes_omitted: _builtins.int
-    """changes beyond those listed (a mesh-wide policy can change many)"""
+    sites_not_listed: _builtins.int
+    """changed sites whose changes are not (all) in `changes`"""
     @_builtins.property
     def issues(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyIssue]:
         """errors refuse the policy; warnings do not"""
@@ -219,7 +219,7 @@ class ApplyPolicyResponse(_message.Message):
     def tests(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyTestResult]: ...
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccessChange]:
-        """against the running policy, now (the first MAX_REPORTED_CHANGES)"""
+        """against the running policy, now: at most about a thousand"""
 
     def __init__(
         self,
@@ -230,11 +230,11 @@ class ApplyPolicyResponse(_message.Message):
         tests: _abc.Iterable[Global___PolicyTestResult] | None = ...,
         changes: _abc.Iterable[Global___AccessChange] | None = ...,
         affected_sites: _builtins.int = ...,
-        changes_omitted: _builtins.int = ...,
+        sites_not_listed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_sites", b"affected_sites", "applied", b"applied", "changes", b"changes", "changes_omitted", b"changes_omitted", "issues", b"issues", "tests", b"tests", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected_sites", b"affected_sites", "applied", b"applied", "changes", b"changes", "issues", b"issues", "sites_not_listed", b"sites_not_listed", "tests", b"tests", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

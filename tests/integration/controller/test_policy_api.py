@@ -245,4 +245,8 @@ async def test_a_mesh_wide_change_is_summarised_not_listed_in_full(controller: C
     dry = await controller.apply_policy(everyone, dry_run=True)
     assert dry.affected_sites == 50
     assert len(dry.changes) == MAX_REPORTED_CHANGES
-    assert dry.changes_omitted == 50 * 49 - MAX_REPORTED_CHANGES
+    # 49 changes (one per peer) for each site listed: 20 sites whole, the 21st in part.
+    assert dry.sites_not_listed == 50 - 20
+    assert {c.from_identity for c in dry.changes} == {
+        f"spiffe://example.org/site/s{i:02d}" for i in range(21)
+    }

@@ -106,10 +106,8 @@ def render_review(response: policy_pb2.ApplyPolicyResponse, *, source: str, dry_
         mark = _CHANGE_MARK.get(change.kind, "?")
         what = "; ".join([*("+" + a for a in change.added), *("-" + r for r in change.removed)])
         lines.append(f"  {mark} {change.from_identity} -> {change.to_identity}: {what}")
-    if response.changes_omitted:
-        lines.append(
-            f"  ... and {response.changes_omitted} more changes (trellisctl --json shows the listed ones)"
-        )
+    if response.sites_not_listed:
+        lines.append(f"  ... and changes at {response.sites_not_listed} more sites, not listed")
     if errors or failed:
         lines.append(
             f"refused: {len(errors)} errors, {len(failed)} failed tests; "

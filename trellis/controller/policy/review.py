@@ -106,9 +106,15 @@ class Review:
 
 
 def review_policy(
-    text: str, inventory: Inventory, now: dt.datetime, *, current: Mapping[str, View] | None = None
+    text: str,
+    inventory: Inventory,
+    now: dt.datetime,
+    *,
+    current: Mapping[str, View] | None = None,
+    with_changes: bool = True,
 ) -> Review:
-    """Validate, lint, test and diff a candidate policy. ``current``: the running views (None: none)."""
+    """Validate, lint, test and diff a candidate policy. ``current``: the running views (None: none).
+    ``with_changes=False`` leaves the diff out (it can be computed later with ``diff_views``)."""
     try:
         policy = parse_policy(text)
     except PolicyInvalid as invalid:
@@ -116,5 +122,5 @@ def review_policy(
     warnings = lint(policy, inventory, now)
     tests = run_policy_tests(policy, inventory, now)
     compiler = PolicyCompiler(policy, inventory, now)
-    changes = diff_views(current or {}, compiler.views())
+    changes = diff_views(current or {}, compiler.views()) if with_changes else ()
     return Review(policy=policy, issues=warnings, tests=tests, changes=changes, compiler=compiler)
