@@ -93,9 +93,18 @@ def main(argv: list[str] | None = None) -> int:
         default="ike",
         help="Trellis tunnel negotiated by IKE (trellis-agent run --config, the default) or manually keyed",
     )
+    parser.add_argument(
+        "--policy",
+        action="store_true",
+        help="with IKE keying: each agent enforces an allow-all policy view (the packet filter's cost)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    options = {"tso": args.tso, "gro": not args.no_gro}
+    if args.policy and args.keying != "ike":
+        parser.error("--policy needs --keying ike")
+    options: dict[str, Any] = {"tso": args.tso, "gro": not args.no_gro}
+    if args.policy:
+        options["policy"] = True
     rounds: list[Round] = []
     for i in range(args.rounds):
         rounds.append(measure_strongswan(args.seconds, args.ping_count))
@@ -134,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         f"LAN-to-LAN TCP, {args.seconds:.0f} s iperf3, {UNDERLAY_MTU}-byte underlay, {args.rounds} round(s)"
     )
     keyed = "IKE" if args.keying == "ike" else "manual keys"
+    if args.policy:
+        keyed += ", allow-all policy filter"
     for label, mbit, rtt in (
         ("strongSwan (kernel-libipsec)", ss_mbit, result["strongswan_rtt_ms"]),
         (f"Trellis (userspace, {keyed})", tr_mbit, result["trellis_rtt_ms"]),

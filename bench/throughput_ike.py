@@ -10,6 +10,8 @@ import datetime as dt
 from dataclasses import dataclass
 
 from trellis.controller.ca import CertificateAuthority
+from trellis.controller.policy import Inventory, Site, compile_view, parse_policy
+from trellis.controller.policy.wire import view_to_proto
 from trellis.lab.anchor import ESP_PROPOSAL, IKE_PROPOSAL, TRUST_DOMAIN
 from trellis.lab.topology import StandardTopology
 from trellis.lab.trellis_site import TrellisSite, agent_yaml, wait_until
@@ -27,13 +29,41 @@ class IkeTunnel:
         return f"{self.a.diagnostics()}\n{self.b.diagnostics()}"
 
 
-def start_ike_tunnel(topology: StandardTopology, *, tso: bool = False, gro: bool = True) -> IkeTunnel:
+ALLOW_ALL = 'apiVersion: trellis/v1\nkind: Policy\nrules:\n  - {name: everyone, from: "*", to: "*"}\n'
+
+
+def allow_all_views(topology: StandardTopology) -> dict[str, bytes]:
+    """Each site's PolicyView under a policy that allows everything: the packet filter then
+    checks every packet and lets it pass (its cost, nothing else)."""
+    now = dt.datetime.now(dt.UTC)
+    inventory = Inventory(
+        Site.build(name=s.name, identity=Identity.site(TRUST_DOMAIN, s.name).uri, subnets=[str(s.lan)])
+        for s in topology.sites
+    )
+    policy = parse_policy(ALLOW_ALL)
+    return {
+        s.name: view_to_proto(
+            compile_view(policy, inventory, Identity.site(TRUST_DOMAIN, s.name).uri, now), policy_version=1
+        ).SerializeToString()
+        for s in topology.sites
+    }
+
+
+def start_ike_tunnel(
+    topology: StandardTopology, *, tso: bool = False, gro: bool = True, policy: bool = False
+) -> IkeTunnel:
+    """``policy``: each agent enforces an allow-all policy view (measures the packet filter)."""
     ca = CertificateAuthority.create(TRUST_DOMAIN, now=dt.datetime.now(dt.UTC))
     site1, site2 = topology.sites[0], topology.sites[1]
+    views = allow_all_views(topology) if policy else {}
     sides = []
     for local, remote in ((site1, site2), (site2, site1)):
         side = TrellisSite.in_lab(topology.lab, local)
         side.install_credentials(ca)
+        policy_line = ""
+        if policy:
+            (side.directory / "policy.pb").write_bytes(views[local.name])
+            policy_line = "\npolicy_view: policy.pb"
         side.write_config(
             agent_yaml(
                 local,
@@ -43,7 +73,8 @@ def start_ike_tunnel(topology: StandardTopology, *, tso: bool = False, gro: bool
                 remote_id=Identity.site(TRUST_DOMAIN, remote.name).uri,
                 ike_proposals=(IKE_PROPOSAL,),
                 esp_proposals=(ESP_PROPOSAL,),
-                extra=f"dataplane: {{tun_name: trellis0, tso: {str(tso).lower()}, gro: {str(gro).lower()}}}",
+                extra=f"dataplane: {{tun_name: trellis0, tso: {str(tso).lower()}, gro: {str(gro).lower()}}}"
+                + policy_line,
             )
         )
         sides.append(side)
