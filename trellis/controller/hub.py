@@ -86,10 +86,6 @@ class SyncHub:
     def connected_sites(self) -> int:
         return len(self._sessions)
 
-    @property
-    def session_count(self) -> int:
-        return sum(len(s) for s in self._sessions.values())
-
     def end_site(self, site: str, reason: SessionEnd) -> int:
         """End every stream of a site (revocation); returns how many were open."""
         sessions = list(self._sessions.get(site, ()))

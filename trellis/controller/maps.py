@@ -104,12 +104,3 @@ class MapSnapshot:
         ]
         head = b"".join([self._shared, mapwire.length_delimited(mapwire.SELF, self._peers[name]), *peers])
         return mapwire.EncodedMap(head=head, policy=self.policy.view_bytes(name))
-
-    def map_for(self, name: str) -> common_pb2.NetworkMap:
-        """The same map as a protobuf object (for tests and tools; the Sync stream sends bytes)."""
-        encoded = self.encoded_map_for(name)
-        return common_pb2.NetworkMap.FromString(
-            encoded.encode(
-                version=self.generation, generated_at=Timestamp(), policy_version=self.policy_version
-            )
-        )

@@ -31,7 +31,7 @@ from trellis.controller.policy.parser import MAX_POLICY_BYTES
 from trellis.controller.policy.view import PeerView
 from trellis.controller.policy.wire import ProtoWriter, decision_to_proto
 from trellis.controller.store import MapInputs, PolicyRecord, SiteRecord
-from trellis.v1 import common_pb2, policy_pb2
+from trellis.v1 import policy_pb2
 from trellis.v1.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -190,12 +190,6 @@ class RunningPolicy:
             encoded = self._writer.peer_policy(peer).SerializeToString()
             cached = self._peer_encodings[peer] = mapwire.length_delimited(mapwire.POLICY_PEERS, encoded)
         return cached
-
-    def view_for(self, name: str) -> common_pb2.PolicyView:
-        """The same view as a protobuf object (tools and tests)."""
-        view = common_pb2.PolicyView.FromString(self.view_bytes(name))
-        view.policy_version = self.version
-        return view
 
     def next_change(self) -> dt.datetime | None:
         return self._compiler.next_change() if self._compiler else None
